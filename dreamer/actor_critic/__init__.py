@@ -1,0 +1,1 @@
+"""actor_critic stage of the Dreamer data path."""

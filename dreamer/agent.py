@@ -1,0 +1,153 @@
+"""Assemble the DreamerV3 agent from the config: networks, losses, acting policy, optimizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchrl.envs import EnvBase
+from torchrl.objectives import (
+    DreamerV3ActorLoss,
+    DreamerV3Loss,
+    DreamerV3ModelLoss,
+    DreamerV3ValueLoss,
+    SoftUpdate,
+    ValueEstimators,
+)
+from torchrl.trainers.algorithms import DreamerV3Optimizer
+
+from dreamer.actor_critic.actor import make_actor
+from dreamer.actor_critic.critic import make_critic, make_value_mlp
+from dreamer.imagination.model_env import FeatureHead, make_imagination_env
+from dreamer.policy.acting import make_acting_policy
+from dreamer.world_model.model import RECO_KEY, SYMLOG_TARGET_KEY, WorldModel
+from dreamer.world_model.networks import (
+    ModelSize,
+    make_continue_head,
+    make_decoder,
+    make_encoder,
+    make_reward_head,
+    make_rssm_cells,
+    make_two_hot,
+    model_size_from_config,
+)
+
+# Card fix 4: these MLPs, and only these, go through torch.compile. The RSSM's Python loop
+# and TorchRL's loss modules (TensorDict internals) stay eager: compiling them crashed dynamo.
+COMPILED_MLPS = ("encoder", "decoder", "reward_head", "value_mlp")
+
+
+@dataclass
+class Agent:
+    """Every trainable piece of DreamerV3 plus the objects that use them."""
+
+    size: ModelSize
+    encoder: nn.Module
+    prior: nn.Module
+    posterior: nn.Module
+    decoder: nn.Module
+    reward_head: nn.Module
+    continue_head: nn.Module
+    value_mlp: nn.Module
+    world_model: WorldModel
+    actor: nn.Module
+    critic: nn.Module
+    model_env: EnvBase
+    loss: DreamerV3Loss
+    policy: nn.Module
+    optimizer: torch.optim.Optimizer
+    target_updater: SoftUpdate
+
+    def modules(self) -> dict[str, nn.Module]:
+        """Modules whose state a checkpoint holds."""
+        return {"loss": self.loss}
+
+
+def build_agent(cfg, env: EnvBase) -> Agent:
+    """Build the agent for ``env`` (batched, with the acting-state primer) from ``cfg``."""
+    size = model_size_from_config(cfg.model)
+    obs_dim = env.observation_spec["policy"].shape[-1]
+    action_dim = env.action_spec.shape[-1]
+    device = torch.device(cfg.device)
+
+    encoder = make_encoder(obs_dim, size)
+    prior, posterior = make_rssm_cells(action_dim, size)
+    decoder = make_decoder(obs_dim, size)
+    reward_head = make_reward_head(size)
+    continue_head = make_continue_head(size)
+    two_hot = make_two_hot(size)
+    value_mlp = make_value_mlp(size)
+    for module in (encoder, prior, posterior, decoder, reward_head, continue_head, two_hot, value_mlp):
+        module.to(device)
+
+    if cfg.compile.enabled:
+        encoder, decoder, reward_head, value_mlp = (
+            torch.compile(module, backend=cfg.compile.backend, dynamic=False)
+            for module in (encoder, decoder, reward_head, value_mlp)
+        )
+
+    world_model = WorldModel(encoder, prior, posterior, decoder, reward_head, continue_head, two_hot, size)
+    actor = make_actor(size, action_dim).to(device)
+    critic = make_critic(value_mlp, size).to(device)
+    model_env = make_imagination_env(prior, reward_head, two_hot, env, size.stoch, size.deter)
+
+    loss_cfg = cfg.loss
+    model_loss = DreamerV3ModelLoss(
+        world_model,
+        lambda_continue=1.0,
+        kl_mode="separate",
+        lambda_dynamic=loss_cfg.dynamic_scale,
+        lambda_representation=loss_cfg.representation_scale,
+        unimix=size.unimix,
+        free_bits=loss_cfg.free_bits,
+        reco_symlog=False,
+        num_reward_bins=size.num_bins,
+        global_average=False,
+        detach_output=loss_cfg.replay_value_weight == 0,
+    )
+    model_loss.set_keys(pixels=SYMLOG_TARGET_KEY, reco_pixels=RECO_KEY)
+    from tensordict.nn import TensorDictModule
+
+    continuation = TensorDictModule(
+        FeatureHead(continue_head, nn.Sigmoid()), in_keys=["state", "belief"], out_keys=["continuation"]
+    )
+    actor_loss = DreamerV3ActorLoss(
+        actor,
+        critic,
+        model_env,
+        continuation_model=continuation,
+        imagination_horizon=cfg.imagination_horizon,
+        entropy_bonus=loss_cfg.entropy_bonus,
+        use_reinforce=loss_cfg.actor_grad == "reinforce",
+    )
+    actor_loss.make_value_estimator(ValueEstimators.TDLambda, gamma=loss_cfg.gamma, lmbda=loss_cfg.lmbda)
+    value_loss = DreamerV3ValueLoss(
+        critic, value_loss="two_hot", num_value_bins=size.num_bins, actor_loss=actor_loss,
+        slow_critic_regularization=loss_cfg.slow_critic_regularization,
+    )
+    loss = DreamerV3Loss(
+        model_loss, actor_loss, value_loss,
+        replay_value_loss_weight=loss_cfg.replay_value_weight,
+        continuation_horizon=1.0 / (1.0 - loss_cfg.gamma),
+        lmbda=loss_cfg.lmbda,
+    )
+    target_updater = SoftUpdate(value_loss, tau=loss_cfg.slow_critic_tau)
+
+    opt = cfg.optim
+    world_params = [p for m in (encoder, prior, posterior, decoder, reward_head, continue_head) for p in m.parameters()]
+    optimizer = DreamerV3Optimizer(
+        [
+            {"params": world_params, "lr": opt.world_model_lr},
+            {"params": list(actor.parameters()), "lr": opt.actor_lr},
+            {"params": list(value_loss.value_model_params.values(True, True)), "lr": opt.critic_lr},
+        ],
+        agc=opt.agc,
+        warmup_steps=opt.warmup_steps,
+        eps=opt.eps,
+    )
+    policy = make_acting_policy(encoder, prior, posterior, actor)
+    return Agent(
+        size, encoder, prior, posterior, decoder, reward_head, continue_head, value_mlp, world_model,
+        actor, critic, model_env, loss, policy, optimizer, target_updater,
+    )

@@ -1,0 +1,1 @@
+"""collector stage of the Dreamer data path."""

@@ -1,0 +1,28 @@
+"""Collection: TorchRL's ``Collector`` stepping the batched env with the acting policy."""
+
+from __future__ import annotations
+
+import torch
+from torchrl.collectors import Collector
+from torchrl.envs import EnvBase
+
+
+def make_collector(cfg, env: EnvBase, policy) -> Collector:
+    """A single in-process collector over the pre-vectorised env.
+
+    ``no_cuda_sync`` is set for CUDA envs (Isaac Lab or a GPU-resident replica): the collector's
+    explicit syncs would otherwise stall the simulator's stream every step.
+    """
+    env_device = torch.device(cfg.env.device)
+    return Collector(
+        env,
+        policy,
+        frames_per_batch=int(cfg.collector.frames_per_batch),
+        total_frames=int(cfg.collector.total_frames),
+        init_random_frames=int(cfg.collector.init_random_frames),
+        storing_device=torch.device(cfg.collector.storing_device),
+        env_device=env_device,
+        policy_device=torch.device(cfg.device),
+        no_cuda_sync=env_device.type == "cuda",
+        trust_policy=True,
+    )

@@ -1,0 +1,1 @@
+"""Environments: embedded MuJoCo replicas and the Isaac Lab backend."""

@@ -1,0 +1,58 @@
+"""Build the training env: pick the backend, then add the transforms the agent relies on."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+
+from torchrl.envs import EnvBase, RewardSum, StepCounter, TransformedEnv
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "mujoco", "isaaclab")
+
+
+def known_tasks() -> list[str]:
+    """Task names the embedded backend knows (the Isaac Lab backend takes the same names)."""
+    from dreamer.env.mujoco_env import EMBEDDED_TASKS
+
+    return sorted(EMBEDDED_TASKS)
+
+
+def check_task(task: str) -> None:
+    """Reject an unknown task before anything expensive starts."""
+    tasks = known_tasks()
+    if task not in tasks:
+        raise ValueError(f"Unknown task {task!r}. Known tasks: {', '.join(tasks)}. Set task=<one of them>.")
+
+
+def resolve_backend(backend: str) -> str:
+    """``auto`` -> ``isaaclab`` when Isaac Lab is importable, else ``mujoco``; says which."""
+    if backend not in BACKENDS:
+        raise ValueError(f"Unknown env.backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
+    if backend == "auto":
+        backend = "isaaclab" if importlib.util.find_spec("isaaclab") is not None else "mujoco"
+        log.info("env.backend=auto chose %s", backend)
+    return backend
+
+
+def make_base_env(task: str, num_envs: int, device: str, seed: int, backend: str = "auto") -> EnvBase:
+    """The raw batched env (no Dreamer transforms) for ``task`` on the chosen backend."""
+    check_task(task)
+    backend = resolve_backend(backend)
+    if backend == "isaaclab":
+        from dreamer.env.isaaclab_env import make_isaaclab_env
+
+        return make_isaaclab_env(task, num_envs=num_envs, device=device, seed=seed)
+    from dreamer.env.mujoco_env import MujocoBatchedEnv
+
+    return MujocoBatchedEnv(task, num_envs=num_envs, device=device, seed=seed)
+
+
+def add_episode_stats(env: EnvBase) -> TransformedEnv:
+    """Episode return and length, reset per env on partial resets (for logging)."""
+    if not isinstance(env, TransformedEnv):
+        env = TransformedEnv(env)
+    env.append_transform(RewardSum())
+    env.append_transform(StepCounter())
+    return env

@@ -1,0 +1,1 @@
+"""imagination stage of the Dreamer data path."""

@@ -1,0 +1,85 @@
+"""The imagination env: TorchRL's ``DreamerEnv`` driven by the world model's prior and heads.
+
+Card fix 2 lives in :func:`copy_unbatched_specs`: ``ModelBasedEnvBase.set_specs_from_env`` copies
+the *batched* specs of a ``(N,)`` env, and a rollout started from ``B`` states then produces
+``(B, N, A)`` actions (``(4096, 4096, 8)`` at Isaac scale). We copy, then slice ``[0]`` to drop
+the env batch, so the imagination env takes whatever batch of start states it is given.
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict.nn import TensorDictModule, TensorDictSequential
+from torch import nn
+from torchrl.data import Composite
+from torchrl.envs import EnvBase
+from torchrl.envs.model_based.dreamer import DreamerEnv
+from torchrl.modules import WorldModelWrapper
+
+
+class PriorStep(nn.Module):
+    """One imagined step: the prior's sampled next state and belief (logits dropped)."""
+
+    def __init__(self, prior: nn.Module):
+        super().__init__()
+        self.prior = prior
+
+    def forward(self, state, belief, action):
+        _, state, belief = self.prior(state, belief, action)
+        return state, belief
+
+
+class FeatureHead(nn.Module):
+    """Applies a head to ``[state, belief]``, optionally followed by a decoding module."""
+
+    def __init__(self, head: nn.Module, decode: nn.Module | None = None):
+        super().__init__()
+        self.head = head
+        self.decode = decode
+
+    def forward(self, state, belief):
+        out = self.head(torch.cat([state, belief], -1))
+        return out if self.decode is None else self.decode(out)
+
+
+def copy_unbatched_specs(model_env: DreamerEnv, batched_env: EnvBase) -> DreamerEnv:
+    """Give ``model_env`` the specs of ``batched_env`` without its batch dims (card fix 2).
+
+    The specs are copied from the batched env (so keys, dtypes and bounds always agree) and
+    then unbatched with an ``[idx]`` slice over every batch dim.
+    """
+    model_env.set_specs_from_env(batched_env)
+    index = (0,) * len(batched_env.batch_size)
+    output_spec = model_env.output_spec.clone()[index] if index else model_env.output_spec.clone()
+    input_spec = model_env.input_spec.clone()[index] if index else model_env.input_spec.clone()
+    model_env.__dict__["_output_spec"] = output_spec
+    model_env.__dict__["_input_spec"] = input_spec
+    model_env.batch_size = torch.Size([])
+    obs = output_spec["full_observation_spec"]
+    model_env.state_spec = Composite(state=obs["state"], belief=obs["belief"], shape=())
+    model_env.empty_cache()
+    return model_env
+
+
+def make_imagination_env(
+    prior: nn.Module,
+    reward_head: nn.Module,
+    two_hot: nn.Module,
+    batched_env: EnvBase,
+    stoch: int,
+    deter: int,
+) -> DreamerEnv:
+    """Build the model-based env used by the actor loss and by the notebooks."""
+    transition = TensorDictModule(
+        PriorStep(prior), in_keys=["state", "belief", "action"], out_keys=["state", "belief"]
+    )
+    reward = TensorDictModule(
+        FeatureHead(reward_head, two_hot), in_keys=["state", "belief"], out_keys=["reward"]
+    )
+    model_env = DreamerEnv(
+        world_model=WorldModelWrapper(TensorDictSequential(transition), reward),
+        prior_shape=torch.Size([stoch]),
+        belief_shape=torch.Size([deter]),
+        device=batched_env.device,
+    )
+    return copy_unbatched_specs(model_env, batched_env)

@@ -1,0 +1,1 @@
+"""policy stage of the Dreamer data path."""

@@ -1,0 +1,1 @@
+"""replay stage of the Dreamer data path."""

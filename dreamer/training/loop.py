@@ -1,0 +1,122 @@
+"""The training loop: collect -> store -> update (at the train ratio) -> log -> checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from dreamer.agent import build_agent
+from dreamer.collector.collector import make_collector
+from dreamer.env.factory import add_episode_stats, make_base_env
+from dreamer.policy.acting import add_acting_state
+from dreamer.replay.buffer import make_replay_buffer, select_for_storage, to_sequences
+from dreamer.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dreamer.training.config_check import resolve_compile, validate_config
+from dreamer.training.metrics import TensorBoardLogger, finished_episode_stats
+from dreamer.training.update import check_finite, update_step
+from dreamer.world_model.networks import model_size_from_config
+
+log = logging.getLogger(__name__)
+
+
+def make_training_env(cfg: DictConfig):
+    """Batched env with episode stats and the acting-state primer."""
+    env = make_base_env(cfg.task, int(cfg.env.num_envs), str(cfg.env.device), int(cfg.seed), cfg.env.backend)
+    env = add_episode_stats(env)
+    return add_acting_state(env, model_size_from_config(cfg.model), env.action_spec.shape[-1])
+
+
+def checkpoint_payload(agent, cfg, updates: int, frames: int, ratio_state: float) -> dict:
+    """Everything a resumed run needs to continue where this one stopped."""
+    return {
+        "loss": agent.loss.state_dict(),
+        "optimizer": agent.optimizer.state_dict(),
+        "updates": updates,
+        "frames": frames,
+        "owed_updates": ratio_state,
+        "rng": rng_state(),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run DreamerV3 as configured; returns final counters and the last logged metrics."""
+    resolve_compile(cfg)
+    validate_config(cfg)
+    torch.manual_seed(int(cfg.seed))
+    logdir = Path(cfg.logdir)
+    logdir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, logdir / "config.yaml")
+
+    env = make_training_env(cfg)
+    agent = build_agent(cfg, env)
+    replay = make_replay_buffer(int(cfg.replay.capacity), int(cfg.batch_size), int(cfg.batch_length), cfg.replay.device)
+
+    updates, frames, owed = 0, 0, 0.0
+    if cfg.resume is not None:
+        state = load_checkpoint(cfg.resume, map_location=cfg.device)
+        agent.loss.load_state_dict(state["loss"])
+        agent.optimizer.load_state_dict(state["optimizer"])
+        updates, frames, owed = state["updates"], state["frames"], state["owed_updates"]
+        set_rng_state(state["rng"])
+        log.info("resumed from %s at update %d, frame %d", cfg.resume, updates, frames)
+
+    remaining = max(int(cfg.collector.total_frames) - frames, int(cfg.collector.frames_per_batch))
+    collector_cfg = cfg.copy()
+    collector_cfg.collector.total_frames = remaining
+    if frames:
+        # The replay restarts empty on resume; re-fill it with random steps before training.
+        collector_cfg.collector.init_random_frames = max(
+            int(cfg.batch_length) * int(cfg.env.num_envs), int(cfg.collector.frames_per_batch)
+        )
+    collector = make_collector(collector_cfg, env, agent.policy)
+    updates_per_frame = float(cfg.train_ratio) / (int(cfg.batch_size) * int(cfg.batch_length))
+    logger = TensorBoardLogger(logdir, purge_step=frames or None)
+    ckpt_dir = logdir / "checkpoints"
+    init_frames = int(collector_cfg.collector.init_random_frames)
+    collected_this_run = 0
+    metrics = None
+    last_time, last_frames, last_updates = time.perf_counter(), frames, updates
+    bar = tqdm(total=int(cfg.collector.total_frames), initial=frames, unit="frame",
+               disable=not cfg.log.progress_bar, dynamic_ncols=True)
+    try:
+        for batch in collector:
+            n_new = batch.numel()
+            frames += n_new
+            collected_this_run += n_new
+            replay.extend(select_for_storage(batch))
+            episode = finished_episode_stats(batch)
+            if episode:
+                logger.log(episode, frames)
+            if collected_this_run >= init_frames:
+                owed += n_new * updates_per_frame
+                while owed >= 1.0:
+                    owed -= 1.0
+                    sequences = to_sequences(replay.sample().to(cfg.device), int(cfg.batch_length))
+                    metrics = update_step(agent, sequences)
+                    updates += 1
+                    if updates % int(cfg.log.every_updates) == 0:
+                        check_finite(metrics, updates)
+                        logger.log({f"train/{k}": v for k, v in metrics.items() if v.numel() == 1}, frames)
+                    if updates % int(cfg.checkpoint.every_updates) == 0:
+                        save_checkpoint(ckpt_dir / "last.pt", checkpoint_payload(agent, cfg, updates, frames, owed))
+            now = time.perf_counter()
+            logger.log({"perf/env_steps_per_s": (frames - last_frames) / (now - last_time),
+                        "perf/updates_per_s": (updates - last_updates) / (now - last_time),
+                        "perf/updates": updates}, frames)
+            last_time, last_frames, last_updates = now, frames, updates
+            bar.update(n_new)
+            bar.set_postfix(updates=updates, ret=episode.get("episode/return", float("nan")))
+    finally:
+        bar.close()
+        collector.shutdown()
+    if metrics is not None:
+        check_finite(metrics, updates)
+    save_checkpoint(ckpt_dir / "last.pt", checkpoint_payload(agent, cfg, updates, frames, owed))
+    logger.close()
+    return {"updates": updates, "frames": frames, "metrics": metrics}

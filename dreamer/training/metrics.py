@@ -1,0 +1,40 @@
+"""Episode statistics from collector batches and a small TensorBoard logger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tensordict import TensorDictBase
+from torch.utils.tensorboard import SummaryWriter
+
+
+def finished_episode_stats(batch: TensorDictBase) -> dict[str, float]:
+    """Mean return and length of the episodes that ended in ``batch`` (empty if none did)."""
+    done = batch.get(("next", "done")).squeeze(-1)
+    if not bool(done.any()):
+        return {}
+    returns = batch.get(("next", "episode_reward"))[done]
+    lengths = batch.get(("next", "step_count"))[done]
+    return {
+        "episode/return": float(returns.float().mean()),
+        "episode/length": float(lengths.float().mean()),
+        "episode/count": float(done.sum()),
+    }
+
+
+class TensorBoardLogger:
+    """Scalars to ``<logdir>/tensorboard``; steps are env frames."""
+
+    def __init__(self, logdir: str | Path, purge_step: int | None = None):
+        self.writer = SummaryWriter(str(Path(logdir) / "tensorboard"), purge_step=purge_step)
+
+    def log(self, values: dict[str, float | torch.Tensor], step: int) -> None:
+        """Write each value as a scalar at ``step``."""
+        for name, value in values.items():
+            self.writer.add_scalar(name, float(value), step)
+
+    def close(self) -> None:
+        """Flush and close the event file."""
+        self.writer.flush()
+        self.writer.close()

@@ -1,0 +1,44 @@
+"""One DreamerV3 update: world model, imagination, actor and critic from one replay sample."""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDictBase
+
+from dreamer.agent import Agent
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or inf; the message names the term and the update."""
+
+
+def loss_terms(losses: TensorDictBase) -> dict[str, torch.Tensor]:
+    """The entries whose sum is the training objective."""
+    return {key: value for key, value in losses.items() if isinstance(key, str) and key.startswith("loss_")}
+
+
+def update_step(agent: Agent, sequences: TensorDictBase) -> TensorDictBase:
+    """Compute all DreamerV3 losses on ``[B, T]`` sequences, backprop once, step, EMA the critic.
+
+    Returns the detached loss and metric entries (no host sync happens here).
+    """
+    losses = agent.loss(sequences)
+    terms = loss_terms(losses)
+    total = sum(value.sum() for value in terms.values())
+    agent.optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    agent.optimizer.step()
+    agent.target_updater.step()
+    metrics = losses.exclude("replay_context").detach()
+    metrics.set("loss_total", total.detach())
+    return metrics
+
+
+def check_finite(metrics: TensorDictBase, update: int) -> None:
+    """Raise :class:`NonFiniteLossError` naming the first non-finite loss term."""
+    for key, value in metrics.items():
+        if isinstance(key, str) and key.startswith("loss_") and not bool(torch.isfinite(value).all()):
+            raise NonFiniteLossError(
+                f"{key} is {value.flatten()[0].item()} at update {update}. The last good checkpoint is "
+                "kept; lower the learning rates (optim.*_lr) or check the env's observations for NaN."
+            )

@@ -1,0 +1,1 @@
+"""world_model stage of the Dreamer data path."""

@@ -1,0 +1,133 @@
+"""Builders for the world model's networks: MLP encoder/decoder, reward, continue, RSSM cells.
+
+All MLPs are TorchRL's ``DreamerV3MLP`` (Linear -> RMSNorm -> SiLU blocks, DreamerV3 init).
+The RSSM cells are TorchRL's ``RSSMPriorV3`` (block GRU) and ``RSSMPosteriorV3``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchrl.modules import DreamerV3MLP, RSSMPosteriorV3, RSSMPriorV3, SymExpTwoHot
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """Sizes of every network; built from the ``model`` config group."""
+
+    deter: int
+    hidden: int
+    units: int
+    depth: int
+    num_categoricals: int
+    num_classes: int
+    num_blocks: int
+    num_bins: int = 255
+    unimix: float = 0.01
+
+    @property
+    def stoch(self) -> int:
+        """Flattened size of the categorical latent."""
+        return self.num_categoricals * self.num_classes
+
+    @property
+    def feature(self) -> int:
+        """Size of the model state ``[state, belief]`` read by every head."""
+        return self.stoch + self.deter
+
+
+def model_size_from_config(cfg) -> ModelSize:
+    """Read a :class:`ModelSize` from the ``model`` config node and check it is usable."""
+    size = ModelSize(
+        deter=int(cfg.deter),
+        hidden=int(cfg.hidden),
+        units=int(cfg.units),
+        depth=int(cfg.depth),
+        num_categoricals=int(cfg.num_categoricals),
+        num_classes=int(cfg.num_classes),
+        num_blocks=int(cfg.num_blocks),
+        num_bins=int(cfg.get("num_bins", 255)),
+        unimix=float(cfg.get("unimix", 0.01)),
+    )
+    for name in ("deter", "hidden", "units", "depth", "num_categoricals", "num_classes"):
+        if getattr(size, name) <= 0:
+            raise ValueError(f"model.{name} must be a positive integer, got {getattr(size, name)}")
+    if size.deter % size.num_blocks or size.hidden % size.num_blocks:
+        raise ValueError(
+            f"model.deter ({size.deter}) and model.hidden ({size.hidden}) must be divisible by "
+            f"model.num_blocks ({size.num_blocks}); change one of them."
+        )
+    return size
+
+
+class SymlogEncoder(nn.Module):
+    """Observation encoder: ``symlog`` then an MLP (DreamerV3 for vector observations)."""
+
+    def __init__(self, obs_dim: int, size: ModelSize):
+        super().__init__()
+        self.mlp = DreamerV3MLP(obs_dim, None, depth=size.depth, num_cells=size.units)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.mlp(symlog(obs))
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    """Sign-preserving log compression used for inputs and regression targets."""
+    return torch.sign(x) * torch.log1p(x.abs())
+
+
+def symexp(x: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`symlog`."""
+    return torch.sign(x) * torch.expm1(x.abs())
+
+
+def make_encoder(obs_dim: int, size: ModelSize) -> SymlogEncoder:
+    """MLP encoder of the ``policy`` observation; its output size is ``size.units``."""
+    return SymlogEncoder(obs_dim, size)
+
+
+def make_decoder(obs_dim: int, size: ModelSize) -> DreamerV3MLP:
+    """Decoder from the model state to the observation in symlog space."""
+    return DreamerV3MLP(size.feature, obs_dim, depth=size.depth, num_cells=size.units)
+
+
+def make_reward_head(size: ModelSize) -> DreamerV3MLP:
+    """Reward head: logits over ``num_bins`` symexp two-hot bins, zero-initialised output."""
+    return DreamerV3MLP(size.feature, size.num_bins, depth=size.depth, num_cells=size.units, outscale=0.0)
+
+
+def make_continue_head(size: ModelSize) -> DreamerV3MLP:
+    """Continue head: one Bernoulli logit for 'the episode goes on'."""
+    return DreamerV3MLP(size.feature, 1, depth=size.depth, num_cells=size.units)
+
+
+def make_two_hot(size: ModelSize) -> SymExpTwoHot:
+    """Decoder from two-hot logits to a scalar (reward and value)."""
+    return SymExpTwoHot(size.num_bins)
+
+
+def make_rssm_cells(action_dim: int, size: ModelSize) -> tuple[RSSMPriorV3, RSSMPosteriorV3]:
+    """The RSSM's prior (block GRU + prior head) and posterior, from TorchRL's DreamerV3 classes."""
+    prior = RSSMPriorV3(
+        action_shape=(action_dim,),
+        action_dim=action_dim,
+        hidden_dim=size.hidden,
+        rnn_hidden_dim=size.deter,
+        num_categoricals=size.num_categoricals,
+        num_classes=size.num_classes,
+        recurrent_model="block_gru",
+        num_blocks=size.num_blocks,
+        unimix=size.unimix,
+    )
+    posterior = RSSMPosteriorV3(
+        hidden_dim=size.hidden,
+        rnn_hidden_dim=size.deter,
+        obs_embed_dim=size.units,
+        num_categoricals=size.num_categoricals,
+        num_classes=size.num_classes,
+        use_rms_norm=True,
+        unimix=size.unimix,
+    )
+    return prior, posterior

@@ -1,0 +1,40 @@
+"""Shared fixtures: the composed Hydra config and small agents on the toy env."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def load_config(*overrides: str):
+    """The project's Hydra config with ``overrides`` applied, as the CLI would compose it."""
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+@pytest.fixture
+def smoke_cfg():
+    """The smoke profile on CPU, compile off."""
+    cfg = load_config("profile=smoke")
+    cfg.compile.enabled = False
+    return cfg
+
+
+@pytest.fixture
+def toy_agent(smoke_cfg):
+    """An agent on a 6-env toy env with the acting-state primer."""
+    from toy_env import ToyBatchedEnv
+
+    from dreamer.agent import build_agent
+    from dreamer.env.factory import add_episode_stats
+    from dreamer.policy.acting import add_acting_state
+    from dreamer.world_model.networks import model_size_from_config
+
+    env = add_acting_state(add_episode_stats(ToyBatchedEnv(6)), model_size_from_config(smoke_cfg.model), 2)
+    return env, build_agent(smoke_cfg, env)
