@@ -78,7 +78,16 @@ def build_agent(cfg, env: EnvBase) -> Agent:
     continue_head = make_continue_head(size)
     two_hot = make_two_hot(size)
     value_mlp = make_value_mlp(size)
-    for module in (encoder, prior, posterior, decoder, reward_head, continue_head, two_hot, value_mlp):
+    for module in (
+        encoder,
+        prior,
+        posterior,
+        decoder,
+        reward_head,
+        continue_head,
+        two_hot,
+        value_mlp,
+    ):
         module.to(device)
 
     if cfg.compile.enabled:
@@ -87,7 +96,9 @@ def build_agent(cfg, env: EnvBase) -> Agent:
             for module in (encoder, decoder, reward_head, value_mlp)
         )
 
-    world_model = WorldModel(encoder, prior, posterior, decoder, reward_head, continue_head, two_hot, size)
+    world_model = WorldModel(
+        encoder, prior, posterior, decoder, reward_head, continue_head, two_hot, size
+    )
     actor = make_actor(size, action_dim).to(device)
     critic = make_critic(value_mlp, size).to(device)
     model_env = make_imagination_env(prior, reward_head, two_hot, env, size.stoch, size.deter)
@@ -110,7 +121,9 @@ def build_agent(cfg, env: EnvBase) -> Agent:
     from tensordict.nn import TensorDictModule
 
     continuation = TensorDictModule(
-        FeatureHead(continue_head, nn.Sigmoid()), in_keys=["state", "belief"], out_keys=["continuation"]
+        FeatureHead(continue_head, nn.Sigmoid()),
+        in_keys=["state", "belief"],
+        out_keys=["continuation"],
     )
     actor_loss = DreamerV3ActorLoss(
         actor,
@@ -121,13 +134,20 @@ def build_agent(cfg, env: EnvBase) -> Agent:
         entropy_bonus=loss_cfg.entropy_bonus,
         use_reinforce=loss_cfg.actor_grad == "reinforce",
     )
-    actor_loss.make_value_estimator(ValueEstimators.TDLambda, gamma=loss_cfg.gamma, lmbda=loss_cfg.lmbda)
+    actor_loss.make_value_estimator(
+        ValueEstimators.TDLambda, gamma=loss_cfg.gamma, lmbda=loss_cfg.lmbda
+    )
     value_loss = DreamerV3ValueLoss(
-        critic, value_loss="two_hot", num_value_bins=size.num_bins, actor_loss=actor_loss,
+        critic,
+        value_loss="two_hot",
+        num_value_bins=size.num_bins,
+        actor_loss=actor_loss,
         slow_critic_regularization=loss_cfg.slow_critic_regularization,
     )
     loss = DreamerV3Loss(
-        model_loss, actor_loss, value_loss,
+        model_loss,
+        actor_loss,
+        value_loss,
         replay_value_loss_weight=loss_cfg.replay_value_weight,
         continuation_horizon=1.0 / (1.0 - loss_cfg.gamma),
         lmbda=loss_cfg.lmbda,
@@ -135,7 +155,11 @@ def build_agent(cfg, env: EnvBase) -> Agent:
     target_updater = SoftUpdate(value_loss, tau=loss_cfg.slow_critic_tau)
 
     opt = cfg.optim
-    world_params = [p for m in (encoder, prior, posterior, decoder, reward_head, continue_head) for p in m.parameters()]
+    world_params = [
+        p
+        for m in (encoder, prior, posterior, decoder, reward_head, continue_head)
+        for p in m.parameters()
+    ]
     optimizer = DreamerV3Optimizer(
         [
             {"params": world_params, "lr": opt.world_model_lr},
@@ -148,6 +172,20 @@ def build_agent(cfg, env: EnvBase) -> Agent:
     )
     policy = make_acting_policy(encoder, prior, posterior, actor)
     return Agent(
-        size, encoder, prior, posterior, decoder, reward_head, continue_head, value_mlp, world_model,
-        actor, critic, model_env, loss, policy, optimizer, target_updater,
+        size,
+        encoder,
+        prior,
+        posterior,
+        decoder,
+        reward_head,
+        continue_head,
+        value_mlp,
+        world_model,
+        actor,
+        critic,
+        model_env,
+        loss,
+        policy,
+        optimizer,
+        target_updater,
     )

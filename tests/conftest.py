@@ -36,5 +36,7 @@ def toy_agent(smoke_cfg):
     from dreamer.policy.acting import add_acting_state
     from dreamer.world_model.networks import model_size_from_config
 
-    env = add_acting_state(add_episode_stats(ToyBatchedEnv(6)), model_size_from_config(smoke_cfg.model), 2)
+    env = add_acting_state(
+        add_episode_stats(ToyBatchedEnv(6)), model_size_from_config(smoke_cfg.model), 2
+    )
     return env, build_agent(smoke_cfg, env)

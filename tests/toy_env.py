@@ -15,7 +15,9 @@ class ToyBatchedEnv(EnvBase):
     exactly where episodes begin in any replayed sequence.
     """
 
-    def __init__(self, num_envs: int = 4, obs_dim: int = 4, action_dim: int = 2, device: str = "cpu"):
+    def __init__(
+        self, num_envs: int = 4, obs_dim: int = 4, action_dim: int = 2, device: str = "cpu"
+    ):
         super().__init__(batch_size=torch.Size([num_envs]), device=device)
         self.obs_dim = obs_dim
         self.observation_spec = Composite(policy=Unbounded((num_envs, obs_dim)), shape=(num_envs,))
@@ -44,7 +46,12 @@ class ToyBatchedEnv(EnvBase):
         self.pos[mask] = 0.0
         done = torch.zeros(*self.batch_size, 1, dtype=torch.bool)
         return TensorDict(
-            {"policy": self._obs(), "done": done, "terminated": done.clone(), "truncated": done.clone()},
+            {
+                "policy": self._obs(),
+                "done": done,
+                "terminated": done.clone(),
+                "truncated": done.clone(),
+            },
             self.batch_size,
         )
 

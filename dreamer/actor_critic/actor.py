@@ -18,13 +18,19 @@ from dreamer.world_model.networks import ModelSize
 class BoundedNormalParams(nn.Module):
     """MLP head giving ``loc`` and ``scale`` with DreamerV3's std bounds (0.1 to 1)."""
 
-    def __init__(self, size: ModelSize, action_dim: int, min_std: float = 0.1, max_std: float = 1.0):
+    def __init__(
+        self, size: ModelSize, action_dim: int, min_std: float = 0.1, max_std: float = 1.0
+    ):
         super().__init__()
-        self.mlp = DreamerV3MLP(size.feature, 2 * action_dim, depth=size.depth, num_cells=size.units, outscale=0.01)
+        self.mlp = DreamerV3MLP(
+            size.feature, 2 * action_dim, depth=size.depth, num_cells=size.units, outscale=0.01
+        )
         self.min_std = min_std
         self.max_std = max_std
 
-    def forward(self, state: torch.Tensor, belief: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, state: torch.Tensor, belief: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         loc, raw_scale = self.mlp(torch.cat([state, belief], -1)).chunk(2, -1)
         scale = (self.max_std - self.min_std) * torch.sigmoid(raw_scale + 2.0) + self.min_std
         return loc, scale
@@ -33,7 +39,9 @@ class BoundedNormalParams(nn.Module):
 def make_actor(size: ModelSize, action_dim: int) -> ProbabilisticTensorDictSequential:
     """Actor module: ``(state, belief) -> action`` in ``[-1, 1]`` (TanhNormal), with log-prob."""
     params = TensorDictModule(
-        BoundedNormalParams(size, action_dim), in_keys=["state", "belief"], out_keys=["loc", "scale"]
+        BoundedNormalParams(size, action_dim),
+        in_keys=["state", "belief"],
+        out_keys=["loc", "scale"],
     )
     dist = ProbabilisticTensorDictModule(
         in_keys=["loc", "scale"],

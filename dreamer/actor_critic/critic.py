@@ -11,7 +11,9 @@ from dreamer.world_model.networks import ModelSize
 
 def make_value_mlp(size: ModelSize) -> DreamerV3MLP:
     """Value MLP: logits over ``num_bins`` symexp bins, zero-initialised output layer."""
-    return DreamerV3MLP(size.feature, size.num_bins, depth=size.depth, num_cells=size.units, outscale=0.0)
+    return DreamerV3MLP(
+        size.feature, size.num_bins, depth=size.depth, num_cells=size.units, outscale=0.0
+    )
 
 
 def make_critic(value_mlp, size: ModelSize) -> TensorDictSequential:

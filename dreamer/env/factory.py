@@ -23,7 +23,9 @@ def check_task(task: str) -> None:
     """Reject an unknown task before anything expensive starts."""
     tasks = known_tasks()
     if task not in tasks:
-        raise ValueError(f"Unknown task {task!r}. Known tasks: {', '.join(tasks)}. Set task=<one of them>.")
+        raise ValueError(
+            f"Unknown task {task!r}. Known tasks: {', '.join(tasks)}. Set task=<one of them>."
+        )
 
 
 def resolve_backend(backend: str) -> str:
@@ -36,7 +38,9 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
-def make_base_env(task: str, num_envs: int, device: str, seed: int, backend: str = "auto") -> EnvBase:
+def make_base_env(
+    task: str, num_envs: int, device: str, seed: int, backend: str = "auto"
+) -> EnvBase:
     """The raw batched env (no Dreamer transforms) for ``task`` on the chosen backend."""
     check_task(task)
     backend = resolve_backend(backend)

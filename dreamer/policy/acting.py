@@ -52,7 +52,9 @@ class KeepAction(nn.Module):
         return action.detach().clone()
 
 
-def make_acting_policy(encoder: nn.Module, prior: nn.Module, posterior: nn.Module, actor) -> TensorDictSequential:
+def make_acting_policy(
+    encoder: nn.Module, prior: nn.Module, posterior: nn.Module, actor
+) -> TensorDictSequential:
     """Policy used by the collector (and the evaluator): obs -> posterior -> action."""
     encode = TensorDictModule(encoder, in_keys=["policy"], out_keys=["encoded_latents"])
     estimator = RSSMStateEstimatorV3(prior, posterior)

@@ -27,7 +27,9 @@ STORED_KEYS = (
 )
 
 
-def make_replay_buffer(capacity: int, batch_size: int, batch_length: int, device: str) -> TensorDictReplayBuffer:
+def make_replay_buffer(
+    capacity: int, batch_size: int, batch_length: int, device: str
+) -> TensorDictReplayBuffer:
     """Buffer of ``capacity`` transitions; each sample is ``batch_size * batch_length`` steps."""
     sampler = SliceSampler(
         slice_len=batch_length,

@@ -69,7 +69,9 @@ def validate_config(cfg: DictConfig) -> None:
             "(the storage is [num_envs, time])."
         )
     if cfg.loss.actor_grad not in ("dynamics", "reinforce"):
-        raise ConfigError(f"loss.actor_grad must be 'dynamics' or 'reinforce', got {cfg.loss.actor_grad!r}.")
+        raise ConfigError(
+            f"loss.actor_grad must be 'dynamics' or 'reinforce', got {cfg.loss.actor_grad!r}."
+        )
     if cfg.resume is not None and not os.path.isfile(str(cfg.resume)):
         raise ConfigError(
             f"resume={cfg.resume} does not exist. Point resume= at a checkpoint file "

@@ -13,6 +13,8 @@ from tqdm import tqdm
 from dreamer.agent import build_agent
 from dreamer.collector.collector import make_collector
 from dreamer.env.factory import add_episode_stats, make_base_env
+from dreamer.imagination.plots import open_loop_figure
+from dreamer.imagination.rollouts import open_loop_prediction
 from dreamer.policy.acting import add_acting_state
 from dreamer.replay.buffer import make_replay_buffer, select_for_storage, to_sequences
 from dreamer.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -26,7 +28,9 @@ log = logging.getLogger(__name__)
 
 def make_training_env(cfg: DictConfig):
     """Batched env with episode stats and the acting-state primer."""
-    env = make_base_env(cfg.task, int(cfg.env.num_envs), str(cfg.env.device), int(cfg.seed), cfg.env.backend)
+    env = make_base_env(
+        cfg.task, int(cfg.env.num_envs), str(cfg.env.device), int(cfg.seed), cfg.env.backend
+    )
     env = add_episode_stats(env)
     return add_acting_state(env, model_size_from_config(cfg.model), env.action_spec.shape[-1])
 
@@ -44,6 +48,18 @@ def checkpoint_payload(agent, cfg, updates: int, frames: int, ratio_state: float
     }
 
 
+def log_open_loop_figure(logger: TensorBoardLogger, agent, sequences, task: str, step: int) -> None:
+    """Log the open-loop prediction figure for one replay row that holds a single segment."""
+    whole = ~sequences["is_init"].reshape(sequences.shape)[:, 1:].any(-1)
+    if not bool(whole.any()):
+        return
+    row = sequences[whole.nonzero()[0]]
+    context = row.shape[1] // 2
+    prediction = open_loop_prediction(agent, row, context, row.shape[1] - context)
+    logger.log_figure("imagination/open_loop", open_loop_figure(prediction, task), step)
+    logger.log({"imagination/open_loop_error_last": prediction["error"][-1]}, step)
+
+
 def train(cfg: DictConfig) -> dict:
     """Run DreamerV3 as configured; returns final counters and the last logged metrics."""
     resolve_compile(cfg)
@@ -55,7 +71,9 @@ def train(cfg: DictConfig) -> dict:
 
     env = make_training_env(cfg)
     agent = build_agent(cfg, env)
-    replay = make_replay_buffer(int(cfg.replay.capacity), int(cfg.batch_size), int(cfg.batch_length), cfg.replay.device)
+    replay = make_replay_buffer(
+        int(cfg.replay.capacity), int(cfg.batch_size), int(cfg.batch_length), cfg.replay.device
+    )
 
     updates, frames, owed = 0, 0, 0.0
     if cfg.resume is not None:
@@ -81,9 +99,15 @@ def train(cfg: DictConfig) -> dict:
     init_frames = int(collector_cfg.collector.init_random_frames)
     collected_this_run = 0
     metrics = None
+    world_model_loss: list[torch.Tensor] = []
     last_time, last_frames, last_updates = time.perf_counter(), frames, updates
-    bar = tqdm(total=int(cfg.collector.total_frames), initial=frames, unit="frame",
-               disable=not cfg.log.progress_bar, dynamic_ncols=True)
+    bar = tqdm(
+        total=int(cfg.collector.total_frames),
+        initial=frames,
+        unit="frame",
+        disable=not cfg.log.progress_bar,
+        dynamic_ncols=True,
+    )
     try:
         for batch in collector:
             n_new = batch.numel()
@@ -99,16 +123,31 @@ def train(cfg: DictConfig) -> dict:
                     owed -= 1.0
                     sequences = to_sequences(replay.sample().to(cfg.device), int(cfg.batch_length))
                     metrics = update_step(agent, sequences)
+                    world_model_loss.append(
+                        sum(v for k, v in metrics.items() if k.startswith("loss_model_"))
+                    )
                     updates += 1
                     if updates % int(cfg.log.every_updates) == 0:
                         check_finite(metrics, updates)
-                        logger.log({f"train/{k}": v for k, v in metrics.items() if v.numel() == 1}, frames)
+                        logger.log(
+                            {f"train/{k}": v for k, v in metrics.items() if v.numel() == 1}, frames
+                        )
+                    if updates % int(cfg.log.image_every_updates) == 0:
+                        log_open_loop_figure(logger, agent, sequences, cfg.task, frames)
                     if updates % int(cfg.checkpoint.every_updates) == 0:
-                        save_checkpoint(ckpt_dir / "last.pt", checkpoint_payload(agent, cfg, updates, frames, owed))
+                        save_checkpoint(
+                            ckpt_dir / "last.pt",
+                            checkpoint_payload(agent, cfg, updates, frames, owed),
+                        )
             now = time.perf_counter()
-            logger.log({"perf/env_steps_per_s": (frames - last_frames) / (now - last_time),
-                        "perf/updates_per_s": (updates - last_updates) / (now - last_time),
-                        "perf/updates": updates}, frames)
+            logger.log(
+                {
+                    "perf/env_steps_per_s": (frames - last_frames) / (now - last_time),
+                    "perf/updates_per_s": (updates - last_updates) / (now - last_time),
+                    "perf/updates": updates,
+                },
+                frames,
+            )
             last_time, last_frames, last_updates = now, frames, updates
             bar.update(n_new)
             bar.set_postfix(updates=updates, ret=episode.get("episode/return", float("nan")))
@@ -119,4 +158,11 @@ def train(cfg: DictConfig) -> dict:
         check_finite(metrics, updates)
     save_checkpoint(ckpt_dir / "last.pt", checkpoint_payload(agent, cfg, updates, frames, owed))
     logger.close()
-    return {"updates": updates, "frames": frames, "metrics": metrics}
+    history = torch.stack(world_model_loss).cpu() if world_model_loss else torch.empty(0)
+    return {
+        "updates": updates,
+        "frames": frames,
+        "metrics": metrics,
+        "agent": agent,
+        "world_model_loss": history,
+    }

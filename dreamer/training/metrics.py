@@ -34,6 +34,10 @@ class TensorBoardLogger:
         for name, value in values.items():
             self.writer.add_scalar(name, float(value), step)
 
+    def log_figure(self, name: str, figure, step: int) -> None:
+        """Write a matplotlib figure as an image and close it."""
+        self.writer.add_figure(name, figure, step, close=True)
+
     def close(self) -> None:
         """Flush and close the event file."""
         self.writer.flush()

@@ -14,7 +14,11 @@ class NonFiniteLossError(FloatingPointError):
 
 def loss_terms(losses: TensorDictBase) -> dict[str, torch.Tensor]:
     """The entries whose sum is the training objective."""
-    return {key: value for key, value in losses.items() if isinstance(key, str) and key.startswith("loss_")}
+    return {
+        key: value
+        for key, value in losses.items()
+        if isinstance(key, str) and key.startswith("loss_")
+    }
 
 
 def update_step(agent: Agent, sequences: TensorDictBase) -> TensorDictBase:
@@ -37,7 +41,11 @@ def update_step(agent: Agent, sequences: TensorDictBase) -> TensorDictBase:
 def check_finite(metrics: TensorDictBase, update: int) -> None:
     """Raise :class:`NonFiniteLossError` naming the first non-finite loss term."""
     for key, value in metrics.items():
-        if isinstance(key, str) and key.startswith("loss_") and not bool(torch.isfinite(value).all()):
+        if (
+            isinstance(key, str)
+            and key.startswith("loss_")
+            and not bool(torch.isfinite(value).all())
+        ):
             raise NonFiniteLossError(
                 f"{key} is {value.flatten()[0].item()} at update {update}. The last good checkpoint is "
                 "kept; lower the learning rates (optim.*_lr) or check the env's observations for NaN."

@@ -95,7 +95,9 @@ def make_decoder(obs_dim: int, size: ModelSize) -> DreamerV3MLP:
 
 def make_reward_head(size: ModelSize) -> DreamerV3MLP:
     """Reward head: logits over ``num_bins`` symexp two-hot bins, zero-initialised output."""
-    return DreamerV3MLP(size.feature, size.num_bins, depth=size.depth, num_cells=size.units, outscale=0.0)
+    return DreamerV3MLP(
+        size.feature, size.num_bins, depth=size.depth, num_cells=size.units, outscale=0.0
+    )
 
 
 def make_continue_head(size: ModelSize) -> DreamerV3MLP:

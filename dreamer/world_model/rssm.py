@@ -16,7 +16,9 @@ import torch
 from torchrl.modules import RSSMPosteriorV3, RSSMPriorV3
 
 
-def initial_belief(prior: RSSMPriorV3, like: torch.Tensor, action_dim: int, stoch: int) -> torch.Tensor:
+def initial_belief(
+    prior: RSSMPriorV3, like: torch.Tensor, action_dim: int, stoch: int
+) -> torch.Tensor:
     """``h0 = GRU(0, 0, 0)``: the belief at the first step of an episode, shape ``[1, deter]``."""
     zeros_state = like.new_zeros(1, stoch)
     zeros_belief = like.new_zeros(1, prior.rnn_hidden_dim)

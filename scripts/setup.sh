@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Create .venv (or $DREAMER_VENV) with this project and its dev tools. Idempotent.
+# On a machine without an NVIDIA driver, torch is pinned to the CPU build 2.13.0 so pip does
+# not pull a multi-GB CUDA build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${DREAMER_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    "$VENV/bin/python" -m pip install -q "torch>=2.11"
+  else
+    "$VENV/bin/python" -m pip install -q "torch==2.13.0" || "$VENV/bin/python" -m pip install -q "torch>=2.11" --index-url https://download.pytorch.org/whl/cpu
+  fi
+fi
+"$VENV/bin/python" -m pip install -q -e ".[dev]"
+"$VENV/bin/python" -m ipykernel install --user --name dreamer >/dev/null 2>&1 || true
+echo "ready: $VENV"

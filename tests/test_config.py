@@ -1,0 +1,93 @@
+"""Bad input is rejected before anything expensive starts, with a message that says the fix."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import load_config
+
+from dreamer.training.config_check import ConfigError, validate_config
+
+
+def _cfg(*overrides):
+    return load_config("profile=smoke", *overrides)
+
+
+def test_smoke_config_is_valid():
+    validate_config(_cfg())
+
+
+def test_unknown_task_lists_known_tasks():
+    with pytest.raises(ValueError, match=r"Isaac-Ant-v0.*Isaac-Cartpole-v0"):
+        validate_config(_cfg("task=Isaac-Walker-v9"))
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="env.backend"):
+        validate_config(_cfg("env.backend=bullet"))
+
+
+def test_frames_per_batch_must_be_a_multiple_of_num_envs():
+    with pytest.raises(ConfigError, match=r"multiple of env.num_envs \(16\)"):
+        validate_config(_cfg("collector.frames_per_batch=250"))
+
+
+def test_init_random_frames_must_cover_one_sequence_per_env():
+    with pytest.raises(
+        ConfigError, match=r"init_random_frames \(100\).*16 x 16 = 256.*init_random_frames=256"
+    ):
+        validate_config(_cfg("collector.init_random_frames=100"))
+
+
+def test_first_collection_must_cover_one_sequence_per_env():
+    with pytest.raises(ConfigError, match=r"frames_per_batch \(128\).*= 256"):
+        validate_config(_cfg("collector.frames_per_batch=128"))
+
+
+@pytest.mark.parametrize("override", ["batch_size=0", "batch_length=-3", "env.num_envs=0"])
+def test_non_positive_sizes(override):
+    with pytest.raises(ConfigError, match="positive integer"):
+        validate_config(_cfg(override))
+
+
+def test_model_blocks_must_divide_sizes():
+    from dreamer.world_model.networks import model_size_from_config
+
+    with pytest.raises(ValueError, match="num_blocks"):
+        model_size_from_config(_cfg("model.num_blocks=5").model)
+
+
+def test_missing_resume_checkpoint(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        validate_config(_cfg(f"resume={tmp_path}/nope.pt"))
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    import torch
+
+    from dreamer.training import checkpoint
+
+    target = tmp_path / "last.pt"
+    checkpoint.save_checkpoint(target, {"updates": 1})
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(target, {"updates": 2})
+    monkeypatch.undo()
+    assert checkpoint.load_checkpoint(target)["updates"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_non_finite_loss_names_the_term():
+    import torch
+    from tensordict import TensorDict
+
+    from dreamer.training.update import NonFiniteLossError, check_finite
+
+    metrics = TensorDict(
+        {"loss_model_reco": torch.tensor(1.0), "loss_actor": torch.tensor(float("nan"))}, []
+    )
+    with pytest.raises(NonFiniteLossError, match="loss_actor.*update 7"):
+        check_finite(metrics, 7)
