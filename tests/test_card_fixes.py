@@ -215,4 +215,7 @@ def test_only_the_four_mlps_are_compiled_and_a_step_runs(smoke_cfg):
     before = [p.detach().clone() for p in agent.decoder.parameters()]
     metrics = update_step(agent, seq)
     assert torch.isfinite(metrics["loss_total"])
-    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, agent.decoder.parameters(), strict=False))
+    assert any(
+        not torch.equal(a, b.detach())
+        for a, b in zip(before, agent.decoder.parameters(), strict=False)
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import time
 from pathlib import Path
@@ -85,7 +86,7 @@ def train(cfg: DictConfig) -> dict:
         log.info("resumed from %s at update %d, frame %d", cfg.resume, updates, frames)
 
     remaining = max(int(cfg.collector.total_frames) - frames, int(cfg.collector.frames_per_batch))
-    collector_cfg = cfg.copy()
+    collector_cfg = copy.deepcopy(cfg)
     collector_cfg.collector.total_frames = remaining
     if frames:
         # The replay restarts empty on resume; re-fill it with random steps before training.
