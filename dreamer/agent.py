@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.envs import EnvBase
 from torchrl.objectives import (
@@ -58,10 +59,6 @@ class Agent:
     policy: nn.Module
     optimizer: torch.optim.Optimizer
     target_updater: SoftUpdate
-
-    def modules(self) -> dict[str, nn.Module]:
-        """Modules whose state a checkpoint holds."""
-        return {"loss": self.loss}
 
 
 def build_agent(cfg, env: EnvBase) -> Agent:
@@ -118,8 +115,6 @@ def build_agent(cfg, env: EnvBase) -> Agent:
         detach_output=loss_cfg.replay_value_weight == 0,
     )
     model_loss.set_keys(pixels=SYMLOG_TARGET_KEY, reco_pixels=RECO_KEY)
-    from tensordict.nn import TensorDictModule
-
     continuation = TensorDictModule(
         FeatureHead(continue_head, nn.Sigmoid()),
         in_keys=["state", "belief"],

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 
 from torchrl.envs import EnvBase, RewardSum, StepCounter, TransformedEnv
+
+from dreamer.env.isaaclab_env import isaaclab_available
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +29,12 @@ def check_task(task: str) -> None:
         )
 
 
-def isaaclab_installed() -> bool:
-    """True when a real ``isaaclab`` package is importable (a bare folder of that name is not)."""
-    spec = importlib.util.find_spec("isaaclab")
-    return spec is not None and spec.origin is not None
-
-
 def resolve_backend(backend: str) -> str:
     """``auto`` -> ``isaaclab`` when Isaac Lab is importable, else ``mujoco``; says which."""
     if backend not in BACKENDS:
         raise ValueError(f"Unknown env.backend {backend!r}; choose one of {', '.join(BACKENDS)}.")
     if backend == "auto":
-        backend = "isaaclab" if isaaclab_installed() else "mujoco"
+        backend = "isaaclab" if isaaclab_available() else "mujoco"
         log.info("env.backend=auto chose %s", backend)
     return backend
 

@@ -48,8 +48,8 @@ def isaaclab_available() -> bool:
         spec = importlib.util.find_spec("isaaclab")
     except (ImportError, ValueError):
         return False
-    # A bare directory named "isaaclab" on sys.path (e.g. tests/isaac_backend when tests/ is on the
-    # path) is found as a namespace package with no origin: that is not Isaac Lab.
+    # A bare directory named "isaaclab" on sys.path is found as a namespace package with no
+    # origin: that is not Isaac Lab.
     return spec is not None and spec.origin is not None
 
 

@@ -40,12 +40,8 @@ def update_step(agent: Agent, sequences: TensorDictBase) -> TensorDictBase:
 
 def check_finite(metrics: TensorDictBase, update: int) -> None:
     """Raise :class:`NonFiniteLossError` naming the first non-finite loss term."""
-    for key, value in metrics.items():
-        if (
-            isinstance(key, str)
-            and key.startswith("loss_")
-            and not bool(torch.isfinite(value).all())
-        ):
+    for key, value in loss_terms(metrics).items():
+        if not bool(torch.isfinite(value).all()):
             raise NonFiniteLossError(
                 f"{key} is {value.flatten()[0].item()} at update {update}. The last good checkpoint is "
                 "kept; lower the learning rates (optim.*_lr) or check the env's observations for NaN."
