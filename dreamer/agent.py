@@ -96,7 +96,7 @@ def build_agent(cfg, env: EnvBase) -> Agent:
     world_model = WorldModel(
         encoder, prior, posterior, decoder, reward_head, continue_head, two_hot, size
     )
-    actor = make_actor(size, action_dim).to(device)
+    actor = make_actor(size, action_dim, device)
     critic = make_critic(value_mlp, size).to(device)
     model_env = make_imagination_env(prior, reward_head, two_hot, env, size.stoch, size.deter)
 
@@ -147,6 +147,9 @@ def build_agent(cfg, env: EnvBase) -> Agent:
         continuation_horizon=1.0 / (1.0 - loss_cfg.gamma),
         lmbda=loss_cfg.lmbda,
     )
+    # The losses' own buffers (two-hot bins, return-normalisation quantiles) are made on the CPU;
+    # left there they cost a host-to-device copy per use and cannot be captured in a CUDA graph.
+    loss.to(device)
     target_updater = SoftUpdate(value_loss, tau=loss_cfg.slow_critic_tau)
 
     opt = cfg.optim

@@ -138,6 +138,20 @@ def test_is_init_marks_every_episode_start_and_every_join():
     assert joins_seen > 0
 
 
+def test_fixed_shape_samples_keep_every_join_marked():
+    from dreamer.replay.buffer import sample_sequences
+
+    torch.manual_seed(2)
+    buffer = _filled_buffer(batch_length=6)
+    for _ in range(10):
+        seq = sample_sequences(buffer, 12, 6, "cpu")
+        assert seq.shape == (12, 6)
+        step, env_id = seq["policy"][..., 1], seq["policy"][..., 2]
+        continues = (step[:, 1:] == step[:, :-1] + 1) & (env_id[:, 1:] == env_id[:, :-1])
+        is_init = seq["is_init"].squeeze(-1)
+        assert bool(is_init[:, 1:][~continues].all()) and bool(is_init[:, 0].all())
+
+
 def test_rssm_state_does_not_leak_across_a_join():
     prior, posterior = make_rssm_cells(2, SIZE)
     batch, steps, join = 3, 8, 4

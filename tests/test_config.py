@@ -91,3 +91,10 @@ def test_non_finite_loss_names_the_term():
     )
     with pytest.raises(NonFiniteLossError, match="loss_actor.*update 7"):
         check_finite(metrics, 7)
+
+
+def test_graph_learner_needs_cuda():
+    with pytest.raises(ConfigError, match="needs device=cuda"):
+        validate_config(_cfg("learner.mode=graph", "device=cpu"))
+    with pytest.raises(ConfigError, match="learner.mode must be"):
+        validate_config(_cfg("learner.mode=fast"))

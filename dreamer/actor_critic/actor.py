@@ -36,8 +36,10 @@ class BoundedNormalParams(nn.Module):
         return loc, scale
 
 
-def make_actor(size: ModelSize, action_dim: int) -> ProbabilisticTensorDictSequential:
-    """Actor module: ``(state, belief) -> action`` in ``[-1, 1]`` (TanhNormal), with log-prob."""
+def make_actor(
+    size: ModelSize, action_dim: int, device: torch.device | str = "cpu"
+) -> ProbabilisticTensorDictSequential:
+    """Actor module on ``device``: ``(state, belief) -> action`` in ``[-1, 1]`` (TanhNormal)."""
     params = TensorDictModule(
         BoundedNormalParams(size, action_dim),
         in_keys=["state", "belief"],
@@ -47,8 +49,13 @@ def make_actor(size: ModelSize, action_dim: int) -> ProbabilisticTensorDictSeque
         in_keys=["loc", "scale"],
         out_keys=["action"],
         distribution_class=TanhNormal,
-        distribution_kwargs={"low": -1.0, "high": 1.0},
+        # Bounds as tensors on the actor's device: Python numbers would be copied to the device
+        # on every call, a host transfer that also breaks CUDA-graph capture of the update.
+        distribution_kwargs={
+            "low": torch.full((action_dim,), -1.0, device=device),
+            "high": torch.full((action_dim,), 1.0, device=device),
+        },
         default_interaction_type=InteractionType.RANDOM,
         return_log_prob=False,
     )
-    return ProbabilisticTensorDictSequential(params, dist)
+    return ProbabilisticTensorDictSequential(params, dist).to(device)

@@ -65,3 +65,21 @@ def to_sequences(sample: TensorDictBase, batch_length: int) -> TensorDictBase:
     is_init[:, 0] = True
     sequences.set("is_init", is_init)
     return sequences
+
+
+def sample_sequences(
+    replay: TensorDictReplayBuffer, batch_size: int, batch_length: int, device: str | torch.device
+) -> TensorDictBase:
+    """Exactly ``[batch_size, batch_length]`` sequences on ``device``, topping up short samples.
+
+    A slice sample may yield fewer full rows than asked (see :func:`to_sequences`); a learner
+    replayed as a CUDA graph needs the same shape every update, so further samples fill the
+    missing rows. Each piece is truncated and reshaped on its own, so every join between
+    pieces lies on a row boundary or an ``is_init`` row.
+    """
+    pieces, rows = [], 0
+    while rows < batch_size:
+        piece = to_sequences(replay.sample(), batch_length)
+        pieces.append(piece)
+        rows += piece.shape[0]
+    return torch.cat(pieces, 0)[:batch_size].to(device)

@@ -72,6 +72,14 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"loss.actor_grad must be 'dynamics' or 'reinforce', got {cfg.loss.actor_grad!r}."
         )
+    mode = str(cfg.learner.mode)
+    if mode not in ("auto", "graph", "eager"):
+        raise ConfigError(f"learner.mode must be auto, graph or eager, got {mode!r}.")
+    if mode == "graph" and torch.device(cfg.device).type != "cuda":
+        raise ConfigError(
+            f"learner.mode=graph replays the update as a CUDA graph and needs device=cuda (got "
+            f"device={cfg.device}); use learner.mode=auto or eager on this device."
+        )
     if cfg.resume is not None and not os.path.isfile(str(cfg.resume)):
         raise ConfigError(
             f"resume={cfg.resume} does not exist. Point resume= at a checkpoint file "

@@ -17,11 +17,12 @@ from dreamer.env.factory import add_episode_stats, make_base_env
 from dreamer.imagination.plots import open_loop_figure
 from dreamer.imagination.rollouts import open_loop_prediction
 from dreamer.policy.acting import add_acting_state
-from dreamer.replay.buffer import make_replay_buffer, select_for_storage, to_sequences
+from dreamer.replay.buffer import make_replay_buffer, sample_sequences, select_for_storage
 from dreamer.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dreamer.training.config_check import resolve_compile, validate_config
+from dreamer.training.graphed_update import make_learner
 from dreamer.training.metrics import TensorBoardLogger, finished_episode_stats
-from dreamer.training.update import check_finite, update_step
+from dreamer.training.update import check_finite
 from dreamer.world_model.networks import model_size_from_config
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,7 @@ def train(cfg: DictConfig) -> dict:
     ckpt_dir = logdir / "checkpoints"
     init_frames = int(collector_cfg.collector.init_random_frames)
     collected_this_run = 0
-    metrics = None
+    metrics, learner = None, None
     world_model_loss: list[torch.Tensor] = []
     last_time, last_frames, last_updates = time.perf_counter(), frames, updates
     bar = tqdm(
@@ -122,8 +123,12 @@ def train(cfg: DictConfig) -> dict:
                 owed += n_new * updates_per_frame
                 while owed >= 1.0:
                     owed -= 1.0
-                    sequences = to_sequences(replay.sample().to(cfg.device), int(cfg.batch_length))
-                    metrics = update_step(agent, sequences)
+                    sequences = sample_sequences(
+                        replay, int(cfg.batch_size), int(cfg.batch_length), cfg.device
+                    )
+                    if learner is None:
+                        learner = make_learner(cfg, agent, sequences)
+                    metrics = learner(sequences)
                     world_model_loss.append(
                         sum(v for k, v in metrics.items() if k.startswith("loss_model_"))
                     )

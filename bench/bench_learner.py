@@ -1,0 +1,318 @@
+"""Learner speed: milliseconds per full DreamerV3 update and replayed transitions per second.
+
+A full update is what training runs per step: world model over ``B x T`` replayed steps,
+imagination of ``H`` steps from every posterior state, actor and critic losses, one backward
+pass, the optimizer and the slow-critic EMA. Variants, each timed on the same random replay-like
+batches (Ant's 60-dim observation, 8-dim action, episode starts at rate 1/200):
+
+* ``stock``: TorchRL's learner as its docs wire it (``bench/torchrl_stock.py``), eager fp32;
+* ``stock_torchrl_graph``: the same with TorchRL's ``DreamerV3OptimizationStepper`` capturing
+  forward/backward in a CUDA graph (no whole-step compile);
+* ``ours_eager``: our agent with :func:`dreamer.training.update.update_step`, eager fp32;
+* ``ours_graph`` / ``ours_graph_bf16``: :class:`dreamer.training.graphed_update.GraphedUpdate`;
+* ``..._compiled``: the same with the four MLPs compiled (card fix 4).
+
+Usage::
+
+    python bench/bench_learner.py --device cuda --model small12m \
+        --runs 16x64:stock,ours_eager,ours_graph,ours_graph_bf16 1024x64:ours_graph_bf16 \
+        --json out.json
+
+Prints one table row per run; ``--profile`` adds a CUDA kernel-time vs wall-time breakdown of the
+first graphed run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from tensordict import TensorDict
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from torchrl_stock import build_stock_learner, stock_sequences  # noqa: E402
+
+from dreamer.agent import build_agent  # noqa: E402
+from dreamer.training.config_check import resolve_compile  # noqa: E402
+from dreamer.training.graphed_update import GraphedUpdate  # noqa: E402
+from dreamer.training.loop import make_training_env  # noqa: E402
+from dreamer.training.update import update_step  # noqa: E402
+from dreamer.world_model.networks import model_size_from_config  # noqa: E402
+
+
+def random_sequences(batch: int, steps: int, obs_dim: int, action_dim: int, device) -> TensorDict:
+    """A replay-shaped batch with real-looking statistics (never zeros)."""
+    is_init = torch.rand(batch, steps, 1, device=device) < 1 / 200
+    is_init[:, 0] = True
+    terminated = torch.roll(is_init, -1, dims=1)
+    terminated[:, -1] = False
+    return TensorDict(
+        {
+            "policy": torch.randn(batch, steps, obs_dim, device=device),
+            "action": torch.rand(batch, steps, action_dim, device=device) * 2 - 1,
+            "is_init": is_init,
+            "next": {
+                "policy": torch.randn(batch, steps, obs_dim, device=device),
+                "reward": torch.randn(batch, steps, 1, device=device),
+                "done": terminated.clone(),
+                "terminated": terminated,
+                "truncated": torch.zeros_like(terminated),
+            },
+        },
+        [batch, steps],
+    )
+
+
+def make_cfg(model: str, device: str, compiled: bool, horizon: int):
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose(
+            "config",
+            overrides=[
+                f"model={model}",
+                f"device={device}",
+                "env.num_envs=4",
+                "env.backend=mujoco",
+            ],
+        )
+    cfg.compile.enabled = compiled
+    cfg.imagination_horizon = horizon
+    resolve_compile(cfg)
+    return cfg
+
+
+def build_update(variant: str, cfg, env, example):
+    """Return ``update(sequences)`` for ``variant`` and a function preparing its input."""
+    size = model_size_from_config(cfg.model)
+    if variant.startswith("stock"):
+        learner = build_stock_learner(cfg, env, size)
+        if variant == "stock_torchrl_graph":
+            from torchrl.trainers.algorithms import DreamerV3OptimizationStepper
+
+            stepper = DreamerV3OptimizationStepper(
+                learner.loss,
+                learner.optimizer,
+                learner.target_updater,
+                compile_train_step=False,
+                cudagraph=True,
+                warmup_steps=3,
+            )
+            stepper.warmup(stock_sequences(example, size))
+            return (lambda s: stepper.step(None, s)), (lambda s: stock_sequences(s, size))
+        return learner.update, (lambda s: stock_sequences(s, size))
+    agent = build_agent(cfg, env)
+    if variant.startswith("ours_eager"):
+        return (lambda s: update_step(agent, s)), (lambda s: s)
+    graphed = GraphedUpdate(agent, example, mixed_precision="bf16" in variant)
+    return graphed, (lambda s: s)
+
+
+def time_run(variant: str, batch: int, steps: int, args) -> dict:
+    device = torch.device(args.device)
+    cfg = make_cfg(args.model, args.device, "compiled" in variant, args.horizon)
+    env = make_training_env(cfg)
+    obs_dim = env.observation_spec["policy"].shape[-1]
+    action_dim = env.action_spec.shape[-1]
+    pool = [random_sequences(batch, steps, obs_dim, action_dim, device) for _ in range(4)]
+    started = time.perf_counter()
+    update, prepare = build_update(variant, cfg, env, pool[0])
+    inputs = [prepare(s) for s in pool]
+    eager = "graph" not in variant
+    warmup = 2 if eager else 5
+    iters = args.eager_iters if eager else args.graph_iters
+    for i in range(warmup):
+        update(inputs[i % len(inputs)])
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    setup_s = time.perf_counter() - started
+    times = []
+    for i in range(iters):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            metrics = update(inputs[i % len(inputs)])
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            metrics = update(inputs[i % len(inputs)])
+            times.append((time.perf_counter() - t0) * 1e3)
+    ms = statistics.median(times)
+    total = float(sum(v for k, v in metrics.items() if k.startswith("loss_")))
+    row = {
+        "variant": variant,
+        "batch": batch,
+        "length": steps,
+        "ms_per_update": ms,
+        "ms_min": min(times),
+        "ms_max": max(times),
+        "transitions_per_s": batch * steps / ms * 1e3,
+        "iters": iters,
+        "setup_s": setup_s,
+        "final_total_loss": total,
+        "finite": bool(torch.isfinite(torch.tensor(total))),
+    }
+    if args.profile and not eager and not args._profiled:
+        args._profiled = True
+        row["profile"] = profile_update(update, inputs, device)
+    return row
+
+
+def profile_update(update, inputs, device) -> dict:
+    """Kernel time inside one update vs its wall time, and the most expensive kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    n = 10
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for i in range(n):
+            update(inputs[i % len(inputs)])
+        torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - t0) * 1e3 / n
+    kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    kernel_ms = sum(e.device_time for e in kernels) / 1e3 / n
+    by_name: dict[str, list[float]] = {}
+    for e in kernels:
+        by_name.setdefault(e.name, []).append(e.device_time)
+    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:15]
+    return {
+        "wall_ms_per_update": wall_ms,
+        "kernel_ms_per_update": kernel_ms,
+        "kernels_per_update": len(kernels) / n,
+        "gpu_busy_fraction": kernel_ms / wall_ms,
+        "top_kernels": [
+            {"name": k[:90], "ms_per_update": sum(v) / 1e3 / n, "count_per_update": len(v) / n}
+            for k, v in top
+        ],
+    }
+
+
+def scan_host_syncs(args) -> list[str]:
+    """Run one eager update of ours under CUDA sync-debug mode; list where the host waits.
+
+    Every such place (a device-to-host read, a pageable host-to-device copy) stalls the eager
+    learner and would break CUDA-graph capture, so this finds them all in one run.
+    """
+    import traceback
+    import warnings
+
+    cfg = make_cfg(args.model, args.device, False, args.horizon)
+    env = make_training_env(cfg)
+    sample = random_sequences(16, 64, 60, 8, torch.device(args.device))
+    update = GraphedUpdate(build_agent(cfg, env), sample, cuda_graph=False)
+    found: dict[str, int] = {}
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        frames = [
+            f"{Path(f.filename).name}:{f.lineno} {f.name}"
+            for f in traceback.extract_stack()[:-1]
+            if any(part in f.filename for part in ("torchrl", "tensordict", "dreamer"))
+        ]
+        key = " <- ".join(reversed(frames[-4:]))
+        found[key] = found.get(key, 0) + 1
+
+    previous = warnings.showwarning
+    warnings.showwarning = record
+    warnings.simplefilter("always")
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        update(sample)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        warnings.showwarning = previous
+    return [f"{count:4d}x {key}" for key, count in found.items()]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model", default="small12m")
+    parser.add_argument("--horizon", type=int, default=15)
+    parser.add_argument(
+        "--runs",
+        nargs="+",
+        default=["16x64:stock,ours_eager,ours_graph,ours_graph_bf16"],
+        help="BxT:variant,variant ...",
+    )
+    parser.add_argument("--eager-iters", type=int, default=10)
+    parser.add_argument("--graph-iters", type=int, default=50)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--scan-syncs", action="store_true", help="list host syncs first")
+    args = parser.parse_args()
+    args._profiled = False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    if args.scan_syncs:
+        syncs = scan_host_syncs(args)
+        print(f"host syncs in one eager update: {len(syncs)} places")
+        print("\n".join(syncs), flush=True)
+    rows = []
+    for run in args.runs:
+        shape, variants = run.split(":")
+        batch, steps = (int(x) for x in shape.split("x"))
+        for variant in variants.split(","):
+            try:
+                row = time_run(variant, batch, steps, args)
+            except Exception as error:  # one broken variant must not lose the others' numbers
+                traceback.print_exc()
+                row = {"variant": variant, "batch": batch, "length": steps, "error": repr(error)}
+            rows.append(row)
+            print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "device": torch.cuda.get_device_name()
+        if args.device.startswith("cuda")
+        else platform.processor(),
+        "torch": torch.__version__,
+        "model": args.model,
+        "horizon": args.horizon,
+        "command": " ".join(sys.argv),
+    }
+    import tensordict
+    import torchrl
+
+    meta["torchrl"], meta["tensordict"] = torchrl.__version__, tensordict.__version__
+    print(f"\n{meta}")
+    print(f"{'variant':28s} {'B x T':>9s} {'ms/update':>10s} {'transitions/s':>14s}")
+    for row in rows:
+        if "error" in row:
+            print(
+                f"{row['variant']:28s} {row['batch']:>4d}x{row['length']:<4d} failed: {row['error'][:60]}"
+            )
+        else:
+            print(
+                f"{row['variant']:28s} {row['batch']:>4d}x{row['length']:<4d} "
+                f"{row['ms_per_update']:10.2f} {row['transitions_per_s']:14,.0f}"
+            )
+    for row in rows:
+        if "profile" in row:
+            p = row["profile"]
+            print(
+                f"\nprofile {row['variant']} {row['batch']}x{row['length']}: wall {p['wall_ms_per_update']:.2f} ms, "
+                f"kernels {p['kernel_ms_per_update']:.2f} ms ({p['gpu_busy_fraction']:.0%} busy), "
+                f"{p['kernels_per_update']:.0f} kernels/update"
+            )
+            for k in p["top_kernels"][:8]:
+                print(f"  {k['ms_per_update']:7.3f} ms  x{k['count_per_update']:<6.0f} {k['name']}")
+    if args.json:
+        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

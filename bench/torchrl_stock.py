@@ -1,0 +1,161 @@
+"""TorchRL's stock DreamerV3 learner at our sizes: the baseline the fast learner is measured against.
+
+Wired the way TorchRL documents it (``DreamerV3Loss`` docstring): an encoder writing
+``("next", "encoded")``, ``RSSMRolloutV3`` over the sequence, decoder / reward / continue heads as
+``TensorDictModule``s, ``DreamerV3ActorLoss`` on a ``DreamerEnv``, ``DreamerV3ValueLoss``, and
+``DreamerV3Optimizer`` stepping eagerly in float32. The networks are the same TorchRL classes and
+sizes as ours (built by the same functions), so the two learners differ in how they run, not in
+what they compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from tensordict.nn import TensorDictModule, TensorDictSequential
+from torch import nn
+from torchrl.modules import RSSMRolloutV3
+from torchrl.objectives import (
+    DreamerV3ActorLoss,
+    DreamerV3Loss,
+    DreamerV3ModelLoss,
+    DreamerV3ValueLoss,
+    SoftUpdate,
+    ValueEstimators,
+)
+from torchrl.trainers.algorithms import DreamerV3Optimizer
+
+from dreamer.actor_critic.actor import make_actor
+from dreamer.actor_critic.critic import make_critic, make_value_mlp
+from dreamer.imagination.model_env import FeatureHead, make_imagination_env
+from dreamer.world_model.networks import (
+    ModelSize,
+    make_continue_head,
+    make_decoder,
+    make_encoder,
+    make_reward_head,
+    make_rssm_cells,
+    make_two_hot,
+)
+
+
+@dataclass
+class StockLearner:
+    """TorchRL's loss, optimizer and target updater."""
+
+    loss: DreamerV3Loss
+    optimizer: torch.optim.Optimizer
+    target_updater: SoftUpdate
+
+    def update(self, sequences: TensorDictBase) -> TensorDictBase:
+        """One eager update, as TorchRL's examples run it."""
+        losses = self.loss(sequences)
+        total = sum(v for k, v in losses.items() if isinstance(k, str) and k.startswith("loss_"))
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.optimizer.step()
+        self.target_updater.step()
+        return losses.exclude("replay_context").detach()
+
+
+def build_stock_learner(cfg, env, size: ModelSize) -> StockLearner:
+    """The stock learner for ``env``'s observation and action sizes."""
+    obs_dim = env.observation_spec["policy"].shape[-1]
+    action_dim = env.action_spec.shape[-1]
+    device = torch.device(cfg.device)
+    encoder = make_encoder(obs_dim, size)
+    prior, posterior = make_rssm_cells(action_dim, size)
+    decoder, reward_head = make_decoder(obs_dim, size), make_reward_head(size)
+    continue_head, two_hot = make_continue_head(size), make_two_hot(size)
+    value_mlp = make_value_mlp(size)
+    for module in (encoder, prior, posterior, decoder, reward_head, continue_head, two_hot):
+        module.to(device)
+    value_mlp.to(device)
+    features = [("next", "state"), ("next", "belief")]
+    world_model = TensorDictSequential(
+        TensorDictModule(encoder, [("next", "policy")], [("next", "encoded")]),
+        RSSMRolloutV3(
+            TensorDictModule(
+                prior,
+                ["state", "belief", "action"],
+                [("next", "prior_logits"), ("next", "state"), ("next", "belief")],
+            ),
+            TensorDictModule(
+                posterior,
+                [("next", "belief"), ("next", "encoded")],
+                [("next", "posterior_logits"), ("next", "state")],
+            ),
+            reset_key="is_init",
+        ),
+        TensorDictModule(FeatureHead(decoder), features, [("next", "reco_policy")]),
+        TensorDictModule(FeatureHead(reward_head), features, [("next", "reward_logits")]),
+        TensorDictModule(FeatureHead(continue_head), features, [("next", "continue_pred")]),
+    )
+    loss_cfg = cfg.loss
+    model_loss = DreamerV3ModelLoss(
+        world_model,
+        lambda_continue=1.0,
+        kl_mode="separate",
+        lambda_representation=loss_cfg.representation_scale,
+        unimix=size.unimix,
+        free_bits=loss_cfg.free_bits,
+        reco_symlog=True,
+        num_reward_bins=size.num_bins,
+        detach_output=False,
+    )
+    model_loss.set_keys(pixels="policy", reco_pixels="reco_policy")
+    actor = make_actor(size, action_dim, device)
+    critic = make_critic(value_mlp, size).to(device)
+    model_env = make_imagination_env(prior, reward_head, two_hot, env, size.stoch, size.deter)
+    continuation = TensorDictModule(
+        FeatureHead(continue_head, nn.Sigmoid()), ["state", "belief"], ["continuation"]
+    )
+    actor_loss = DreamerV3ActorLoss(
+        actor,
+        critic,
+        model_env,
+        continuation_model=continuation,
+        imagination_horizon=cfg.imagination_horizon,
+        entropy_bonus=loss_cfg.entropy_bonus,
+    )
+    actor_loss.make_value_estimator(
+        ValueEstimators.TDLambda, gamma=loss_cfg.gamma, lmbda=loss_cfg.lmbda
+    )
+    value_loss = DreamerV3ValueLoss(
+        critic,
+        value_loss="two_hot",
+        num_value_bins=size.num_bins,
+        actor_loss=actor_loss,
+        slow_critic_regularization=loss_cfg.slow_critic_regularization,
+    )
+    loss = DreamerV3Loss(model_loss, actor_loss, value_loss).to(device)
+    world = [
+        p
+        for m in (encoder, prior, posterior, decoder, reward_head, continue_head)
+        for p in m.parameters()
+    ]
+    optimizer = DreamerV3Optimizer(
+        [
+            {"params": world},
+            {"params": list(actor.parameters())},
+            {"params": list(value_loss.value_model_params.values(True, True))},
+        ],
+        warmup_steps=0,
+    )
+    return StockLearner(loss, optimizer, SoftUpdate(value_loss, tau=loss_cfg.slow_critic_tau))
+
+
+def stock_sequences(sequences: TensorDictBase, size: ModelSize) -> TensorDictBase:
+    """Our replay sample plus the zero root state/belief ``RSSMRolloutV3`` starts from."""
+    batch = sequences.batch_size
+    device = sequences.get("action").device
+    extra = TensorDict(
+        {
+            "state": torch.zeros(*batch, size.stoch, device=device),
+            "belief": torch.zeros(*batch, size.deter, device=device),
+        },
+        batch,
+    )
+    return sequences.clone().update(extra)
