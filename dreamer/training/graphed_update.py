@@ -24,7 +24,7 @@ from dreamer.training.capturable_optimizer import (
     init_optimizer_state,
     optimizer_step,
 )
-from dreamer.training.update import loss_terms
+from dreamer.training.update import update_step
 
 
 class GraphedUpdate:
@@ -69,17 +69,13 @@ class GraphedUpdate:
             self._capture(warmup_updates)
 
     def _step(self, sequences: TensorDictBase) -> TensorDictBase:
-        """Forward, backward, optimizer and EMA; returns detached scalar metrics."""
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.mixed_precision):
-            losses = self.agent.loss(sequences)
-            terms = loss_terms(losses)
-            total = sum(value.sum() for value in terms.values())
-        total.backward()
-        optimizer_step(self.agent.optimizer, self.steps)
-        self.agent.target_updater.step()
-        metrics = losses.exclude("replay_context").detach()
-        metrics.set("loss_total", total.detach())
-        return metrics
+        """Forward, backward, device-counter optimizer step and EMA; detached metrics."""
+        return update_step(
+            self.agent,
+            sequences,
+            step_optimizer=lambda: optimizer_step(self.agent.optimizer, self.steps),
+            mixed_precision=self.mixed_precision,
+        )
 
     def _training_state(self) -> list[torch.Tensor]:
         """Every tensor an update writes: parameters, buffers, optimizer state, step counters."""
@@ -98,7 +94,6 @@ class GraphedUpdate:
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(warmup_updates):
-                self._zero_grad()
                 self._step(self.static_input)
         torch.cuda.current_stream(self.device).wait_stream(side)
         with torch.no_grad():
@@ -111,15 +106,9 @@ class GraphedUpdate:
         with torch.cuda.graph(self.graph):
             self.static_output = self._step(self.static_input)
 
-    def _zero_grad(self) -> None:
-        self.agent.optimizer.zero_grad(set_to_none=True)
-        for parameter in self.agent.loss.parameters():
-            parameter.grad = None
-
     def __call__(self, sequences: TensorDictBase) -> TensorDictBase:
         """One update on ``sequences`` (same layout as the example); returns its metrics."""
         if self.graph is None:
-            self._zero_grad()
             metrics = self._step(sequences.select(*self.keys))
         else:
             self.static_input.update_(sequences.select(*self.keys))
@@ -131,8 +120,6 @@ class GraphedUpdate:
 
 def make_learner(cfg, agent: Agent, example: TensorDictBase):
     """``update(sequences) -> metrics`` as ``cfg.learner`` asks; ``auto`` graphs on CUDA only."""
-    from dreamer.training.update import update_step
-
     mode = str(cfg.learner.mode)
     if mode == "auto":
         mode = "graph" if example.get("action").device.type == "cuda" else "eager"

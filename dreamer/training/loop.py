@@ -18,11 +18,18 @@ from dreamer.imagination.plots import open_loop_figure
 from dreamer.imagination.rollouts import open_loop_prediction
 from dreamer.policy.acting import add_acting_state
 from dreamer.replay.buffer import make_replay_buffer, sample_sequences, select_for_storage
-from dreamer.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from dreamer.training.checkpoint import save_checkpoint
 from dreamer.training.config_check import resolve_compile, validate_config
 from dreamer.training.graphed_update import make_learner
+from dreamer.training.guard import NonFiniteGuard
 from dreamer.training.metrics import TensorBoardLogger, finished_episode_stats
-from dreamer.training.update import check_finite
+from dreamer.training.restore import (
+    ResumePoint,
+    read_resume_checkpoint,
+    resume_training,
+    training_payload,
+)
+from dreamer.training.signals import StopOnSignal
 from dreamer.world_model.networks import model_size_from_config
 
 log = logging.getLogger(__name__)
@@ -35,19 +42,6 @@ def make_training_env(cfg: DictConfig):
     )
     env = add_episode_stats(env)
     return add_acting_state(env, model_size_from_config(cfg.model), env.action_spec.shape[-1])
-
-
-def checkpoint_payload(agent, cfg, updates: int, frames: int, ratio_state: float) -> dict:
-    """Everything a resumed run needs to continue where this one stopped."""
-    return {
-        "loss": agent.loss.state_dict(),
-        "optimizer": agent.optimizer.state_dict(),
-        "updates": updates,
-        "frames": frames,
-        "owed_updates": ratio_state,
-        "rng": rng_state(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
 
 
 def log_open_loop_figure(logger: TensorBoardLogger, agent, sequences, task: str, step: int) -> None:
@@ -63,9 +57,15 @@ def log_open_loop_figure(logger: TensorBoardLogger, agent, sequences, task: str,
 
 
 def train(cfg: DictConfig) -> dict:
-    """Run DreamerV3 as configured; returns final counters and the last logged metrics."""
+    """Run DreamerV3 as configured; returns final counters and the last logged metrics.
+
+    SIGINT/SIGTERM stop it after the current update with a final checkpoint (``stopped_by``
+    names the signal). A non-finite loss or gradient raises
+    :class:`~dreamer.training.update.NonFiniteLossError` and leaves the last good checkpoint.
+    """
     resolve_compile(cfg)
     validate_config(cfg)
+    resume_state = read_resume_checkpoint(cfg) if cfg.resume is not None else None
     torch.manual_seed(int(cfg.seed))
     logdir = Path(cfg.logdir)
     logdir.mkdir(parents=True, exist_ok=True)
@@ -77,27 +77,42 @@ def train(cfg: DictConfig) -> dict:
         int(cfg.replay.capacity), int(cfg.batch_size), int(cfg.batch_length), cfg.replay.device
     )
 
-    updates, frames, owed = 0, 0, 0.0
-    if cfg.resume is not None:
-        state = load_checkpoint(cfg.resume, map_location=cfg.device)
-        agent.loss.load_state_dict(state["loss"])
-        agent.optimizer.load_state_dict(state["optimizer"])
-        updates, frames, owed = state["updates"], state["frames"], state["owed_updates"]
-        set_rng_state(state["rng"])
-        log.info("resumed from %s at update %d, frame %d", cfg.resume, updates, frames)
+    point = ResumePoint(updates=0, frames=0, owed_updates=0.0, replay_steps=0)
+    if resume_state is not None:
+        point = resume_training(resume_state, agent, env, replay, int(cfg.env.num_envs))
+        del resume_state
+        log.info("resumed from %s at %s", cfg.resume, point)
+    updates, frames, owed = point.updates, point.frames, point.owed_updates
 
     remaining = max(int(cfg.collector.total_frames) - frames, int(cfg.collector.frames_per_batch))
     collector_cfg = copy.deepcopy(cfg)
     collector_cfg.collector.total_frames = remaining
     if frames:
-        # The replay restarts empty on resume; re-fill it with random steps before training.
-        collector_cfg.collector.init_random_frames = max(
-            int(cfg.batch_length) * int(cfg.env.num_envs), int(cfg.collector.frames_per_batch)
+        # Without saved replay contents, re-fill the replay with random steps before training.
+        collector_cfg.collector.init_random_frames = (
+            0
+            if point.replay_steps
+            else max(
+                int(cfg.batch_length) * int(cfg.env.num_envs), int(cfg.collector.frames_per_batch)
+            )
         )
     collector = make_collector(collector_cfg, env, agent.policy)
     updates_per_frame = float(cfg.train_ratio) / (int(cfg.batch_size) * int(cfg.batch_length))
-    logger = TensorBoardLogger(logdir, purge_step=frames or None)
-    ckpt_dir = logdir / "checkpoints"
+    # Hide events the interrupted run logged after its checkpoint; the curves continue from there.
+    logger = TensorBoardLogger(logdir, purge_step=frames + 1 if frames else None)
+    ckpt_path = logdir / "checkpoints" / "last.pt"
+    guard = NonFiniteGuard()
+
+    def save() -> None:
+        guard.check()  # never let a non-finite update into a checkpoint
+        counters = {"updates": updates, "frames": frames, "owed_updates": owed}
+        save_checkpoint(
+            ckpt_path,
+            training_payload(agent, cfg, counters, env, replay if cfg.checkpoint.replay else None),
+        )
+        # Curves up to the checkpoint reach the disk with it; a resumed run continues from there.
+        logger.writer.flush()
+
     init_frames = int(collector_cfg.collector.init_random_frames)
     collected_this_run = 0
     metrics, learner = None, None
@@ -110,60 +125,69 @@ def train(cfg: DictConfig) -> dict:
         disable=not cfg.log.progress_bar,
         dynamic_ncols=True,
     )
+    stop = StopOnSignal()
     try:
-        for batch in collector:
-            n_new = batch.numel()
-            frames += n_new
-            collected_this_run += n_new
-            replay.extend(select_for_storage(batch))
-            episode = finished_episode_stats(batch)
-            if episode:
-                logger.log(episode, frames)
-            if collected_this_run >= init_frames:
-                owed += n_new * updates_per_frame
-                while owed >= 1.0:
-                    owed -= 1.0
-                    sequences = sample_sequences(
-                        replay, int(cfg.batch_size), int(cfg.batch_length), cfg.device
-                    )
-                    if learner is None:
-                        learner = make_learner(cfg, agent, sequences)
-                    metrics = learner(sequences)
-                    world_model_loss.append(
-                        sum(v for k, v in metrics.items() if k.startswith("loss_model_"))
-                    )
-                    updates += 1
-                    if updates % int(cfg.log.every_updates) == 0:
-                        check_finite(metrics, updates)
-                        logger.log(
-                            {f"train/{k}": v for k, v in metrics.items() if v.numel() == 1}, frames
+        with stop:
+            for batch in collector:
+                n_new = batch.numel()
+                frames += n_new
+                collected_this_run += n_new
+                replay.extend(select_for_storage(batch))
+                episode = finished_episode_stats(batch)
+                if episode:
+                    logger.log(episode, frames)
+                if collected_this_run >= init_frames:
+                    owed += n_new * updates_per_frame
+                    while owed >= 1.0 and not stop.requested:
+                        owed -= 1.0
+                        sequences = sample_sequences(
+                            replay, int(cfg.batch_size), int(cfg.batch_length), cfg.device
                         )
-                    if updates % int(cfg.log.image_every_updates) == 0:
-                        log_open_loop_figure(logger, agent, sequences, cfg.task, frames)
-                    if updates % int(cfg.checkpoint.every_updates) == 0:
-                        save_checkpoint(
-                            ckpt_dir / "last.pt",
-                            checkpoint_payload(agent, cfg, updates, frames, owed),
+                        if learner is None:
+                            learner = make_learner(cfg, agent, sequences)
+                        metrics = learner(sequences)
+                        updates += 1
+                        guard.observe(metrics, updates)
+                        world_model_loss.append(
+                            sum(v for k, v in metrics.items() if k.startswith("loss_model_"))
                         )
-            now = time.perf_counter()
-            logger.log(
-                {
-                    "perf/env_steps_per_s": (frames - last_frames) / (now - last_time),
-                    "perf/updates_per_s": (updates - last_updates) / (now - last_time),
-                    "perf/updates": updates,
-                },
-                frames,
-            )
-            last_time, last_frames, last_updates = now, frames, updates
-            bar.update(n_new)
-            bar.set_postfix(updates=updates, ret=episode.get("episode/return", float("nan")))
+                        if updates % int(cfg.log.every_updates) == 0:
+                            guard.check()
+                            logger.log(
+                                {f"train/{k}": v for k, v in metrics.items() if v.numel() == 1},
+                                frames,
+                            )
+                        if updates % int(cfg.log.image_every_updates) == 0:
+                            log_open_loop_figure(logger, agent, sequences, cfg.task, frames)
+                        if updates % int(cfg.checkpoint.every_updates) == 0:
+                            save()
+                now = time.perf_counter()
+                logger.log(
+                    {
+                        "perf/env_steps_per_s": (frames - last_frames) / (now - last_time),
+                        "perf/updates_per_s": (updates - last_updates) / (now - last_time),
+                        "perf/updates": updates,
+                    },
+                    frames,
+                )
+                last_time, last_frames, last_updates = now, frames, updates
+                bar.update(n_new)
+                bar.set_postfix(updates=updates, ret=episode.get("episode/return", float("nan")))
+                if stop.requested:
+                    break
+            save()
     finally:
         bar.close()
         collector.shutdown()
-    if metrics is not None:
-        check_finite(metrics, updates)
-    save_checkpoint(ckpt_dir / "last.pt", checkpoint_payload(agent, cfg, updates, frames, owed))
-    logger.close()
+        logger.close()
+    if stop.requested:
+        log.warning(
+            "stopped by %s at update %d, frame %d; checkpoint %s",
+            stop.received,
+            updates,
+            frames,
+            ckpt_path,
+        )
     history = torch.stack(world_model_loss).cpu() if world_model_loss else torch.empty(0)
     return {
         "updates": updates,
@@ -171,4 +195,5 @@ def train(cfg: DictConfig) -> dict:
         "metrics": metrics,
         "agent": agent,
         "world_model_loss": history,
+        "stopped_by": stop.received,
     }

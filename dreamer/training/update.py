@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tensordict import TensorDictBase
 
 from dreamer.agent import Agent
 
+GRAD_NORM_KEY = "grad_norm"
+
 
 class NonFiniteLossError(FloatingPointError):
-    """A loss term became NaN or inf; the message names the term and the update."""
+    """A loss term (or the gradient) became NaN or inf; the message names the term and the update."""
 
 
 def loss_terms(losses: TensorDictBase) -> dict[str, torch.Tensor]:
@@ -21,28 +25,60 @@ def loss_terms(losses: TensorDictBase) -> dict[str, torch.Tensor]:
     }
 
 
-def update_step(agent: Agent, sequences: TensorDictBase) -> TensorDictBase:
+def update_step(
+    agent: Agent,
+    sequences: TensorDictBase,
+    *,
+    step_optimizer: Callable[[], None] | None = None,
+    mixed_precision: bool = False,
+) -> TensorDictBase:
     """Compute all DreamerV3 losses on ``[B, T]`` sequences, backprop once, step, EMA the critic.
 
+    ``step_optimizer`` replaces ``agent.optimizer.step`` (the CUDA-graph learner passes its
+    device-counter step); ``mixed_precision`` runs the losses under bf16 autocast on CUDA.
     Returns the detached loss and metric entries (no host sync happens here).
     """
-    losses = agent.loss(sequences)
-    terms = loss_terms(losses)
-    total = sum(value.sum() for value in terms.values())
+    device_type = sequences.get("action").device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=mixed_precision):
+        losses = agent.loss(sequences)
+        terms = loss_terms(losses)
+        total = sum(value.sum() for value in terms.values())
     agent.optimizer.zero_grad(set_to_none=True)
     total.backward()
-    agent.optimizer.step()
+    grads = [p.grad for group in agent.optimizer.param_groups for p in group["params"]]
+    # The loss terms can all be finite while a gradient is not; the guard watches this norm too.
+    grad_norm = torch.nn.utils.get_total_norm([g for g in grads if g is not None])
+    (step_optimizer or agent.optimizer.step)()
     agent.target_updater.step()
     metrics = losses.exclude("replay_context").detach()
     metrics.set("loss_total", total.detach())
+    metrics.set(GRAD_NORM_KEY, grad_norm.detach())
     return metrics
 
 
+def guarded_values(metrics: TensorDictBase) -> dict[str, torch.Tensor]:
+    """What must stay finite: every loss term, then the gradient norm when the step reports one."""
+    values = loss_terms(metrics)
+    if GRAD_NORM_KEY in metrics.keys():
+        values[GRAD_NORM_KEY] = metrics.get(GRAD_NORM_KEY)
+    return values
+
+
+def non_finite_error(term: str, value: float, update: int) -> NonFiniteLossError:
+    """The error a run stops with when ``term`` is first ``value`` (NaN/inf) at ``update``."""
+    return NonFiniteLossError(
+        f"{term} is {value} at update {update}. The last good checkpoint is kept; lower the "
+        "learning rates (optim.*_lr) or check the env's observations for NaN."
+    )
+
+
 def check_finite(metrics: TensorDictBase, update: int) -> None:
-    """Raise :class:`NonFiniteLossError` naming the first non-finite loss term."""
-    for key, value in loss_terms(metrics).items():
-        if not bool(torch.isfinite(value).all()):
-            raise NonFiniteLossError(
-                f"{key} is {value.flatten()[0].item()} at update {update}. The last good checkpoint is "
-                "kept; lower the learning rates (optim.*_lr) or check the env's observations for NaN."
-            )
+    """Raise :class:`NonFiniteLossError` naming the first non-finite term (syncs with the device).
+
+    The training loop uses :class:`~dreamer.training.guard.NonFiniteGuard`, which checks every
+    update without a sync; this is the one-shot check for a single metrics dict.
+    """
+    for key, value in guarded_values(metrics).items():
+        finite = torch.isfinite(value)
+        if not bool(finite.all()):
+            raise non_finite_error(key, value[~finite].flatten()[0].item(), update)
