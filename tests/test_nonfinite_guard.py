@@ -62,16 +62,16 @@ def test_poisoned_run_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeyp
     import dreamer.training.loop as loop
 
     calls = {"n": 0}
-    real = loop.to_sequences
+    real = loop.sample_sequences
 
-    def nan_from_the_third_sample(sample, batch_length):
+    def nan_from_the_third_sample(*args):
         calls["n"] += 1
-        sequences = real(sample, batch_length)
+        sequences = real(*args)
         if calls["n"] >= 3:  # a NaN observation reaches the learner in update 3
             sequences.get("policy")[0, 1] = NAN
         return sequences
 
-    monkeypatch.setattr(loop, "to_sequences", nan_from_the_third_sample)
+    monkeypatch.setattr(loop, "sample_sequences", nan_from_the_third_sample)
     cfg = load_config(
         "task=Isaac-Cartpole-v0",
         "profile=smoke",
