@@ -12,6 +12,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+def execute_notebook(name: str) -> list:
+    """Run ``notebooks/<name>`` top to bottom (a cell error raises); return its code outputs."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), (
+        "commit notebooks stripped"
+    )
+    NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(ROOT / "notebooks")}},
+    ).execute()
+    return [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+
+
 def load_config(*overrides: str):
     """The project's Hydra config with ``overrides`` applied, as the CLI would compose it."""
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
