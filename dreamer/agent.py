@@ -22,16 +22,20 @@ from dreamer.actor_critic.actor import make_actor
 from dreamer.actor_critic.critic import make_critic, make_value_mlp
 from dreamer.imagination.model_env import FeatureHead, make_imagination_env
 from dreamer.policy.acting import make_acting_policy
-from dreamer.world_model.model import RECO_KEY, SYMLOG_TARGET_KEY, WorldModel
+from dreamer.world_model.model import WorldModel
 from dreamer.world_model.networks import (
     ModelSize,
     make_continue_head,
-    make_decoder,
-    make_encoder,
     make_reward_head,
     make_rssm_cells,
     make_two_hot,
     model_size_from_config,
+)
+from dreamer.world_model.observations import (
+    HEADS,
+    make_obs_decoder,
+    make_obs_encoder,
+    obs_keys_from_config,
 )
 
 # Card fix 4: these MLPs, and only these, go through torch.compile. The RSSM's Python loop
@@ -59,18 +63,21 @@ class Agent:
     policy: nn.Module
     optimizer: torch.optim.Optimizer
     target_updater: SoftUpdate
+    # What the encoder reads, in its argument order; with several keys ``encoder(*obs)`` and
+    # ``decoder(feature)`` returns one reconstruction per key (dreamer.world_model.observations).
+    obs_keys: tuple[str, ...] = ("policy",)
 
 
 def build_agent(cfg, env: EnvBase) -> Agent:
     """Build the agent for ``env`` (batched, with the acting-state primer) from ``cfg``."""
     size = model_size_from_config(cfg.model)
-    obs_dim = env.observation_spec["policy"].shape[-1]
+    obs_keys = obs_keys_from_config(cfg.model)
     action_dim = env.action_spec.shape[-1]
     device = torch.device(cfg.device)
 
-    encoder = make_encoder(obs_dim, size)
-    prior, posterior = make_rssm_cells(action_dim, size)
-    decoder = make_decoder(obs_dim, size)
+    encoder, embed_dim = make_obs_encoder(obs_keys, env.observation_spec, size)
+    prior, posterior = make_rssm_cells(action_dim, size, embed_dim)
+    decoder = make_obs_decoder(obs_keys, env.observation_spec, size)
     reward_head = make_reward_head(size)
     continue_head = make_continue_head(size)
     two_hot = make_two_hot(size)
@@ -94,7 +101,7 @@ def build_agent(cfg, env: EnvBase) -> Agent:
         )
 
     world_model = WorldModel(
-        encoder, prior, posterior, decoder, reward_head, continue_head, two_hot, size
+        encoder, prior, posterior, decoder, reward_head, continue_head, two_hot, size, obs_keys
     )
     actor = make_actor(size, action_dim, device)
     critic = make_critic(value_mlp, size).to(device)
@@ -109,12 +116,19 @@ def build_agent(cfg, env: EnvBase) -> Agent:
         lambda_representation=loss_cfg.representation_scale,
         unimix=size.unimix,
         free_bits=loss_cfg.free_bits,
+        # Targets are already symlog (policy) or scaled by the loss itself (uint8 pixels / 255).
         reco_symlog=False,
         num_reward_bins=size.num_bins,
         global_average=False,
         detach_output=loss_cfg.replay_value_weight == 0,
     )
-    model_loss.set_keys(pixels=SYMLOG_TARGET_KEY, reco_pixels=RECO_KEY)
+    heads = [HEADS[key] for key in obs_keys]
+    if len(heads) == 1:
+        model_loss.set_keys(pixels=heads[0].target_key, reco_pixels=heads[0].reco_key)
+    else:  # list keys: one reconstruction term per observation, summed by the loss
+        model_loss.set_keys(
+            pixels=[h.target_key for h in heads], reco_pixels=[h.reco_key for h in heads]
+        )
     continuation = TensorDictModule(
         FeatureHead(continue_head, nn.Sigmoid()),
         in_keys=["state", "belief"],
@@ -168,7 +182,7 @@ def build_agent(cfg, env: EnvBase) -> Agent:
         warmup_steps=opt.warmup_steps,
         eps=opt.eps,
     )
-    policy = make_acting_policy(encoder, prior, posterior, actor)
+    policy = make_acting_policy(encoder, prior, posterior, actor, obs_keys)
     return Agent(
         size,
         encoder,
@@ -186,4 +200,5 @@ def build_agent(cfg, env: EnvBase) -> Agent:
         policy,
         optimizer,
         target_updater,
+        obs_keys,
     )

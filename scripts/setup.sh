@@ -18,5 +18,16 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   fi
 fi
 "$VENV/bin/python" -m pip install -q -e ".[dev]"
+# env.pixels=true on the embedded backend renders with MuJoCo's offscreen OpenGL: OSMesa on CPU
+# machines (EGL through the GPU driver, or Mesa's libegl-mesa0, also works). Installed only when
+# missing and apt-get can run as root; otherwise say what to install.
+if ! ldconfig -p 2>/dev/null | grep libOSMesa >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libosmesa6; } \
+      >/dev/null 2>&1 || echo "warning: apt-get install libosmesa6 failed (needed for env.pixels on CPU)" >&2
+  else
+    echo "note: env.pixels=true on a CPU needs OSMesa: sudo apt-get install libosmesa6" >&2
+  fi
+fi
 "$VENV/bin/python" -m ipykernel install --user --name dreamer >/dev/null 2>&1 || true
 echo "ready: $VENV"

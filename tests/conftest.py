@@ -2,14 +2,37 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# Tiny models on a 2-core machine: torch's intra-op threads cost more than they give (an update
+# ran 10x slower with the default under load, measured 2026-11-23). Subprocesses inherit this.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def execute_notebook(name: str) -> list:
+    """Run ``notebooks/<name>`` top to bottom (a cell error raises); return its code outputs."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    notebook = nbformat.read(ROOT / "notebooks" / name, as_version=4)
+    assert all(not cell.get("outputs") for cell in notebook.cells if cell.cell_type == "code"), (
+        "commit notebooks stripped"
+    )
+    NotebookClient(
+        notebook,
+        timeout=600,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(ROOT / "notebooks")}},
+    ).execute()
+    return [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
 
 
 def load_config(*overrides: str):

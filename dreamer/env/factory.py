@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from omegaconf import DictConfig, OmegaConf
 from torchrl.envs import EnvBase, RewardSum, StepCounter, TransformedEnv
 
 from dreamer.env.isaaclab_env import isaaclab_available
@@ -39,19 +40,37 @@ def resolve_backend(backend: str) -> str:
     return backend
 
 
+def camera_config(env_cfg) -> dict | None:
+    """``env.camera`` as a plain dict when ``env.pixels`` is on, else ``None`` (no camera)."""
+    if not env_cfg.get("pixels", False):
+        return None
+    camera = env_cfg.get("camera") or {}
+    if isinstance(camera, DictConfig):
+        camera = OmegaConf.to_container(camera, resolve=True)
+    return dict(camera)
+
+
 def make_base_env(
-    task: str, num_envs: int, device: str, seed: int, backend: str = "auto"
+    task: str,
+    num_envs: int,
+    device: str,
+    seed: int,
+    backend: str = "auto",
+    pixels: dict | None = None,
 ) -> EnvBase:
-    """The raw batched env (no Dreamer transforms) for ``task`` on the chosen backend."""
+    """The raw batched env (no Dreamer transforms) for ``task`` on the chosen backend.
+
+    ``pixels`` (camera settings, see :func:`camera_config`) adds the ``pixels`` observation.
+    """
     check_task(task)
     backend = resolve_backend(backend)
     if backend == "isaaclab":
         from dreamer.env.isaaclab_env import make_isaaclab_env
 
-        return make_isaaclab_env(task, num_envs=num_envs, device=device, seed=seed)
+        return make_isaaclab_env(task, num_envs=num_envs, device=device, seed=seed, pixels=pixels)
     from dreamer.env.mujoco_env import MujocoBatchedEnv
 
-    return MujocoBatchedEnv(task, num_envs=num_envs, device=device, seed=seed)
+    return MujocoBatchedEnv(task, num_envs=num_envs, device=device, seed=seed, pixels=pixels)
 
 
 def add_episode_stats(env: EnvBase) -> TransformedEnv:

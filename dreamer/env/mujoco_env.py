@@ -1,10 +1,11 @@
 """Batched TorchRL env running embedded Isaac Lab task replicas on MuJoCo.
 
 The env looks like Isaac Lab seen through TorchRL's ``IsaacLabWrapper``: batch size ``(N,)``,
-an ``Composite(policy=...)`` observation, a bounded action, ``(N, 1)`` reward and done flags,
-all on ``device``. It follows TorchRL's reset semantics rather than Isaac's same-step autoreset:
-a finished env keeps its true final observation in ``("next", "policy")`` and is reset only when
-``reset`` is called with a ``"_reset"`` mask (as ``env.rollout`` and collectors do).
+an ``Composite(policy=...)`` observation (plus ``pixels`` when a camera is asked for), a bounded
+action, ``(N, 1)`` reward and done flags, all on ``device``. It follows TorchRL's reset
+semantics rather than Isaac's same-step autoreset: a finished env keeps its true final
+observation in ``("next", "policy")`` and is reset only when ``reset`` is called with a
+``"_reset"`` mask (as ``env.rollout`` and collectors do).
 
 Physics runs on CPU through ``mujoco.rollout``: one call steps all N envs ``decimation`` times on
 a persistent thread pool, returning the final physics state and the sensor readings. Everything
@@ -14,6 +15,7 @@ else is vectorised numpy over the batch.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import mujoco
 import numpy as np
@@ -43,6 +45,9 @@ class MujocoBatchedEnv(EnvBase):
             that each thread steps at least ``task_spec.min_envs_per_thread`` envs.
         max_episode_length: override of the episode length in control steps (tests use a short
             one); defaults to the task's (Ant 960, Cartpole 300).
+        pixels: camera settings (``env.camera``: ``height``, ``width``, ``pos``, ``rot``) to add
+            a ``pixels`` observation, uint8 ``(N, H, W, 3)`` from a camera following each robot
+            (:mod:`dreamer.env.mujoco_render`); ``None`` renders nothing.
 
     Attributes:
         task_spec: the task's constants (:class:`~dreamer.env.tasks.TaskSpec`), including
@@ -63,6 +68,7 @@ class MujocoBatchedEnv(EnvBase):
         num_threads: int | None = None,
         *,
         max_episode_length: int | None = None,
+        pixels: Mapping | None = None,
     ) -> None:
         if task not in EMBEDDED_TASKS:
             raise ValueError(
@@ -100,6 +106,14 @@ class MujocoBatchedEnv(EnvBase):
         self._elapsed = np.zeros(num_envs, dtype=np.int64)
         self._obs = np.zeros((num_envs, spec.obs_dim))
         self._rng = np.random.default_rng(seed)
+        self.camera = None
+        if pixels is not None:
+            from dreamer.env.mujoco_render import MujocoCamera
+
+            self.camera = MujocoCamera(spec.xml_path, num_envs, pixels, device=str(self.device))
+            self._pixels = np.zeros(
+                (num_envs, self.camera.height, self.camera.width, 3), dtype=np.uint8
+            )
         self._make_specs()
         if seed is not None:
             self.set_seed(seed)
@@ -142,6 +156,10 @@ class MujocoBatchedEnv(EnvBase):
             shape=(n,),
             device=dev,
         )
+        if self.camera is not None:
+            self.observation_spec["pixels"] = Bounded(
+                0, 255, shape=self._pixels.shape, dtype=torch.uint8, device=dev
+            )
         self.action_spec = Bounded(
             low=-1.0, high=1.0, shape=(n, spec.act_dim), dtype=torch.float32, device=dev
         )
@@ -170,7 +188,7 @@ class MujocoBatchedEnv(EnvBase):
     def _output(self, obs, reward, terminated, truncated) -> TensorDictBase:
         n = self.num_envs
         done = terminated | truncated
-        return TensorDict(
+        out = TensorDict(
             {
                 "policy": self._to_device(obs, np.float32),
                 "reward": self._to_device(reward.reshape(n, 1), np.float32),
@@ -181,6 +199,18 @@ class MujocoBatchedEnv(EnvBase):
             batch_size=self.batch_size,
             device=self.device,
         )
+        if self.camera is not None:
+            out.set("pixels", self._to_device(self._pixels, np.uint8))
+        return out
+
+    def _render(self, env_ids: np.ndarray | None = None) -> None:
+        """Refresh the cached camera images of ``env_ids`` (all envs by default)."""
+        if self.camera is None:
+            return
+        if env_ids is None:
+            self._pixels[:] = self.camera.render(self._state[:, self._qpos_sl])
+        elif env_ids.size:
+            self._pixels[env_ids] = self.camera.render(self._state[env_ids, self._qpos_sl])
 
     def _step(self, tensordict: TensorDictBase) -> TensorDictBase:
         action = tensordict.get("action").detach()
@@ -212,6 +242,7 @@ class MujocoBatchedEnv(EnvBase):
         )
         truncated = self._elapsed >= self.max_episode_length
         self._obs[:] = obs
+        self._render()
         return self._output(obs, reward, terminated, truncated)
 
     def _reset(self, tensordict: TensorDictBase | None = None, **kwargs) -> TensorDictBase:
@@ -222,6 +253,7 @@ class MujocoBatchedEnv(EnvBase):
             env_ids = np.flatnonzero(mask.reshape(self.num_envs).to("cpu").numpy())
         if env_ids.size:
             self._reset_envs(env_ids)
+            self._render(env_ids)
         false = np.zeros(self.num_envs, dtype=bool)
         # Envs outside the mask report their current observation, untouched.
         return self._output(self._obs, np.zeros(self.num_envs), false, false).exclude("reward")
@@ -238,10 +270,12 @@ class MujocoBatchedEnv(EnvBase):
         self._state[env_ids, self._qvel_sl] = qvel
 
     def close(self, *, raise_if_closed: bool = True) -> None:
-        """Stop the physics thread pool."""
+        """Stop the physics thread pool and release the camera."""
         pool = self.__dict__.get("_pool")
         if pool is not None and pool.rollout_ is not None:
             pool.close()
+        if self.__dict__.get("camera") is not None:
+            self.camera.close()
         super().close(raise_if_closed=raise_if_closed)
 
     # ------------------------------------------------------------------ direct state access

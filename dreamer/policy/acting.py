@@ -53,10 +53,17 @@ class KeepAction(nn.Module):
 
 
 def make_acting_policy(
-    encoder: nn.Module, prior: nn.Module, posterior: nn.Module, actor
+    encoder: nn.Module,
+    prior: nn.Module,
+    posterior: nn.Module,
+    actor,
+    obs_keys: tuple[str, ...] = ("policy",),
 ) -> TensorDictSequential:
-    """Policy used by the collector (and the evaluator): obs -> posterior -> action."""
-    encode = TensorDictModule(encoder, in_keys=["policy"], out_keys=["encoded_latents"])
+    """Policy used by the collector (and the evaluator): obs -> posterior -> action.
+
+    ``obs_keys`` are the observations the encoder reads, in its argument order.
+    """
+    encode = TensorDictModule(encoder, in_keys=list(obs_keys), out_keys=["encoded_latents"])
     estimator = RSSMStateEstimatorV3(prior, posterior)
     keep = TensorDictModule(KeepAction(), in_keys=["action"], out_keys=["previous_action"])
     return TensorDictSequential(encode, estimator, actor, keep)

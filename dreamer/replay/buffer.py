@@ -9,6 +9,8 @@ the RSSM filter restarts at each one, so no state leaks across a join.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from tensordict import TensorDictBase
 from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
@@ -44,9 +46,13 @@ def make_replay_buffer(
     )
 
 
-def select_for_storage(batch: TensorDictBase) -> TensorDictBase:
-    """Keep only :data:`STORED_KEYS` of a collector batch ``[N, T]``."""
-    return batch.select(*STORED_KEYS)
+def select_for_storage(batch: TensorDictBase, obs_keys: Sequence[str] = ()) -> TensorDictBase:
+    """Keep only :data:`STORED_KEYS` of a collector batch ``[N, T]``, plus the model's ``obs_keys``.
+
+    Camera frames are stored only when the world model reads them (``model.obs_keys``).
+    """
+    extra = [key for key in obs_keys if key not in STORED_KEYS]
+    return batch.select(*STORED_KEYS, *extra, *(("next", key) for key in extra))
 
 
 def to_sequences(sample: TensorDictBase, batch_length: int) -> TensorDictBase:

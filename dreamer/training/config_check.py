@@ -80,8 +80,59 @@ def validate_config(cfg: DictConfig) -> None:
             f"learner.mode=graph replays the update as a CUDA graph and needs device=cuda (got "
             f"device={cfg.device}); use learner.mode=auto or eager on this device."
         )
+    check_pixel_config(cfg)
     if cfg.resume is not None and not os.path.isfile(str(cfg.resume)):
         raise ConfigError(
             f"resume={cfg.resume} does not exist. Point resume= at a checkpoint file "
             "(e.g. <logdir>/checkpoints/last.pt) or drop resume= to start fresh."
         )
+
+
+def check_pixel_config(cfg: DictConfig) -> None:
+    """``model.obs_keys`` vs ``env.pixels``, image size vs the CNN, and the frames' replay memory.
+
+    The replay storage is allocated whole on its first write, so a capacity whose frames cannot
+    fit is rejected here instead of failing after the first collection.
+    """
+    from dreamer.world_model.networks import check_image_shape, model_size_from_config
+    from dreamer.world_model.observations import PIXELS_KEY, obs_keys_from_config
+
+    try:
+        obs_keys = obs_keys_from_config(cfg.model)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if PIXELS_KEY not in obs_keys:
+        return
+    if not cfg.env.get("pixels", False):
+        raise ConfigError(
+            f"model.obs_keys={list(obs_keys)} reads camera frames: set env.pixels=true "
+            "or drop pixels from model.obs_keys."
+        )
+    height, width = int(cfg.env.camera.height), int(cfg.env.camera.width)
+    try:
+        check_image_shape((height, width, 3), model_size_from_config(cfg.model))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    # Each stored step keeps the frame and the next frame (TorchRL's root/"next" layout).
+    needed = int(cfg.replay.capacity) * 2 * height * width * 3
+    available = _free_memory(torch.device(cfg.replay.device))
+    if available is not None and needed > 0.8 * available:
+        fits = int(0.8 * available // (2 * height * width * 3)) // int(cfg.env.num_envs)
+        raise ConfigError(
+            f"replay.capacity={cfg.replay.capacity} needs {needed / 2**30:.1f} GiB for "
+            f"{height}x{width} frames on {cfg.replay.device}, which has "
+            f"{available / 2**30:.1f} GiB free; set replay.capacity={fits * int(cfg.env.num_envs)} "
+            "or smaller, or lower env.camera.height/width."
+        )
+
+
+def _free_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device`` (``MemAvailable`` for host memory); ``None`` if unknown."""
+    if device.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cpu" and os.path.exists("/proc/meminfo"):
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    return None

@@ -13,8 +13,8 @@ from tqdm import tqdm
 
 from dreamer.agent import build_agent
 from dreamer.collector.collector import make_collector
-from dreamer.env.factory import add_episode_stats, make_base_env
-from dreamer.imagination.plots import open_loop_figure
+from dreamer.env.factory import add_episode_stats, camera_config, make_base_env
+from dreamer.imagination.plots import frame_strip_figure, open_loop_figure
 from dreamer.imagination.rollouts import open_loop_prediction
 from dreamer.policy.acting import add_acting_state
 from dreamer.replay.buffer import make_replay_buffer, sample_sequences, select_for_storage
@@ -38,7 +38,12 @@ log = logging.getLogger(__name__)
 def make_training_env(cfg: DictConfig):
     """Batched env with episode stats and the acting-state primer."""
     env = make_base_env(
-        cfg.task, int(cfg.env.num_envs), str(cfg.env.device), int(cfg.seed), cfg.env.backend
+        cfg.task,
+        int(cfg.env.num_envs),
+        str(cfg.env.device),
+        int(cfg.seed),
+        cfg.env.backend,
+        pixels=camera_config(cfg.env),
     )
     env = add_episode_stats(env)
     return add_acting_state(env, model_size_from_config(cfg.model), env.action_spec.shape[-1])
@@ -53,6 +58,8 @@ def log_open_loop_figure(logger: TensorBoardLogger, agent, sequences, task: str,
     context = row.shape[1] // 2
     prediction = open_loop_prediction(agent, row, context, row.shape[1] - context)
     logger.log_figure("imagination/open_loop", open_loop_figure(prediction, task), step)
+    if "real_pixels" in prediction:
+        logger.log_figure("imagination/frames", frame_strip_figure(prediction), step)
     logger.log({"imagination/open_loop_error_last": prediction["error"][-1]}, step)
 
 
@@ -132,7 +139,7 @@ def train(cfg: DictConfig) -> dict:
                 n_new = batch.numel()
                 frames += n_new
                 collected_this_run += n_new
-                replay.extend(select_for_storage(batch))
+                replay.extend(select_for_storage(batch, agent.obs_keys))
                 episode = finished_episode_stats(batch)
                 if episode:
                     logger.log(episode, frames)

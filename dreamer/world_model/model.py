@@ -2,8 +2,8 @@
 
 It reads a replay sample ``[B, T]`` in TorchRL's layout and writes, under ``"next"``, everything
 TorchRL's ``DreamerV3ModelLoss`` reads: prior/posterior logits, the posterior ``state`` and
-``belief``, the symlog reconstruction and its target, reward logits and decoded reward, and the
-continue logit.
+``belief``, one reconstruction (and, for ``policy``, its symlog target) per observation key (see
+:mod:`dreamer.world_model.observations`), reward logits and decoded reward, and the continue logit.
 """
 
 from __future__ import annotations
@@ -14,15 +14,20 @@ from tensordict.nn import TensorDictModuleBase
 from torch import nn
 
 from dreamer.world_model.networks import ModelSize, symlog
+from dreamer.world_model.observations import HEADS, VECTOR_KEY, as_tuple
 from dreamer.world_model.rssm import observe_sequence
 
-OBS_KEY = "policy"
-SYMLOG_TARGET_KEY = "symlog_policy"
-RECO_KEY = "reco_symlog_policy"
+OBS_KEY = VECTOR_KEY
+SYMLOG_TARGET_KEY = HEADS[VECTOR_KEY].target_key
+RECO_KEY = HEADS[VECTOR_KEY].reco_key
 
 
 class WorldModel(TensorDictModuleBase):
-    """DreamerV3 world model for a vector observation."""
+    """DreamerV3 world model over the observations ``obs_keys`` (default: the ``policy`` vector).
+
+    With several keys, ``encoder`` takes them in ``obs_keys`` order and ``decoder`` returns one
+    reconstruction per key.
+    """
 
     def __init__(
         self,
@@ -34,6 +39,7 @@ class WorldModel(TensorDictModuleBase):
         continue_head: nn.Module,
         two_hot: nn.Module,
         size: ModelSize,
+        obs_keys: tuple[str, ...] = (VECTOR_KEY,),
     ):
         super().__init__()
         self.encoder = encoder
@@ -44,7 +50,10 @@ class WorldModel(TensorDictModuleBase):
         self.continue_head = continue_head
         self.two_hot = two_hot
         self.size = size
-        self.in_keys = [OBS_KEY, "action", "is_init", ("next", OBS_KEY)]
+        self.obs_keys = tuple(obs_keys)
+        self.heads = [HEADS[key] for key in self.obs_keys]
+        self.in_keys = [*self.obs_keys, "action", "is_init", *(("next", k) for k in self.obs_keys)]
+        targets = [h.target_key for h in self.heads if h.target_key != h.obs_key]
         self.out_keys = [
             ("next", key)
             for key in (
@@ -52,8 +61,8 @@ class WorldModel(TensorDictModuleBase):
                 "posterior_logits",
                 "state",
                 "belief",
-                SYMLOG_TARGET_KEY,
-                RECO_KEY,
+                *targets,
+                *(h.reco_key for h in self.heads),
                 "reward_logits",
                 "reward",
                 "continue_pred",
@@ -61,13 +70,13 @@ class WorldModel(TensorDictModuleBase):
         ]
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
-        obs = tensordict.get(OBS_KEY)
-        next_obs = tensordict.get(("next", OBS_KEY))
+        obs = [tensordict.get(key) for key in self.obs_keys]
+        next_obs = [tensordict.get(("next", key)) for key in self.obs_keys]
         outputs = observe_sequence(
             self.prior,
             self.posterior,
-            embed_root=self.encoder(obs),
-            embed_next=self.encoder(next_obs),
+            embed_root=self.encoder(*obs),
+            embed_next=self.encoder(*next_obs),
             action=tensordict.get("action"),
             is_init=tensordict.get("is_init"),
         )
@@ -76,8 +85,11 @@ class WorldModel(TensorDictModuleBase):
         nxt = tensordict.get("next")
         for key, value in outputs.items():
             nxt.set(key, value)
-        nxt.set(SYMLOG_TARGET_KEY, symlog(next_obs))
-        nxt.set(RECO_KEY, self.decoder(feature))
+        for head, value in zip(self.heads, next_obs, strict=True):
+            if head.target_key != head.obs_key:
+                nxt.set(head.target_key, symlog(value))
+        for head, reco in zip(self.heads, as_tuple(self.decoder(feature)), strict=True):
+            nxt.set(head.reco_key, reco)
         nxt.set("reward_logits", reward_logits)
         nxt.set("reward", self.two_hot(reward_logits))
         nxt.set("continue_pred", self.continue_head(feature))
