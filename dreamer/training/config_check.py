@@ -72,6 +72,10 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"loss.actor_grad must be 'dynamics' or 'reinforce', got {cfg.loss.actor_grad!r}."
         )
+    if str(cfg.pipeline.mode) not in ("sync", "async"):
+        raise ConfigError(f"pipeline.mode must be sync or async, got {cfg.pipeline.mode!r}.")
+    if int(cfg.pipeline.weight_sync_every) < 1 or int(cfg.pipeline.max_batches_ahead) < 1:
+        raise ConfigError("pipeline.weight_sync_every and pipeline.max_batches_ahead must be >= 1.")
     mode = str(cfg.learner.mode)
     if mode not in ("auto", "graph", "eager"):
         raise ConfigError(f"learner.mode must be auto, graph or eager, got {mode!r}.")

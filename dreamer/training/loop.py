@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from dreamer.agent import build_agent
-from dreamer.collector.collector import make_collector
+from dreamer.collector.collector import make_batch_source
 from dreamer.env.factory import add_episode_stats, camera_config, make_base_env
 from dreamer.imagination.plots import frame_strip_figure, open_loop_figure
 from dreamer.imagination.rollouts import open_loop_prediction
@@ -103,7 +103,8 @@ def train(cfg: DictConfig) -> dict:
                 int(cfg.batch_length) * int(cfg.env.num_envs), int(cfg.collector.frames_per_batch)
             )
         )
-    collector = make_collector(collector_cfg, env, agent.policy)
+    collector = make_batch_source(collector_cfg, env, agent.policy)
+    sync_every = int(cfg.pipeline.weight_sync_every) if cfg.pipeline.mode == "async" else 0
     updates_per_frame = float(cfg.train_ratio) / (int(cfg.batch_size) * int(cfg.batch_length))
     # Hide events the interrupted run logged after its checkpoint; the curves continue from there.
     logger = TensorBoardLogger(logdir, purge_step=frames + 1 if frames else None)
@@ -154,6 +155,8 @@ def train(cfg: DictConfig) -> dict:
                             learner = make_learner(cfg, agent, sequences)
                         metrics = learner(sequences)
                         updates += 1
+                        if sync_every and updates % sync_every == 0:
+                            collector.update_policy_weights_()
                         guard.observe(metrics, updates)
                         world_model_loss.append(
                             sum(v for k, v in metrics.items() if k.startswith("loss_model_"))
@@ -202,5 +205,6 @@ def train(cfg: DictConfig) -> dict:
         "metrics": metrics,
         "agent": agent,
         "world_model_loss": history,
+        "weight_syncs": getattr(collector, "weight_syncs", 0),
         "stopped_by": stop.received,
     }
