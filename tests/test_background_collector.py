@@ -133,3 +133,20 @@ def test_async_training_runs_and_syncs_weights(tmp_path):
     assert result["updates"] > 0
     assert result["frames"] >= int(cfg.collector.total_frames)
     assert result["weight_syncs"] == result["updates"] // 2
+
+
+def test_learner_clock_reports_busy_share_and_rates():
+    import time
+
+    from dreamer.training.learner_clock import LearnerClock
+
+    clock = LearnerClock("cpu")
+    for _ in range(3):
+        clock.start()
+        time.sleep(0.02)
+        clock.stop()
+        time.sleep(0.02)
+    summary = clock.summary(frames_since_first_update=600)
+    assert 0.3 < summary["learner_busy"] < 0.7
+    assert summary["updates_per_s"] == pytest.approx(3 / summary["wall_s"])
+    assert summary["env_steps_per_s"] == pytest.approx(600 / summary["wall_s"])

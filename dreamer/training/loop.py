@@ -22,6 +22,7 @@ from dreamer.training.checkpoint import save_checkpoint
 from dreamer.training.config_check import resolve_compile, validate_config
 from dreamer.training.graphed_update import make_learner
 from dreamer.training.guard import NonFiniteGuard
+from dreamer.training.learner_clock import LearnerClock
 from dreamer.training.metrics import TensorBoardLogger, finished_episode_stats
 from dreamer.training.restore import (
     ResumePoint,
@@ -124,6 +125,7 @@ def train(cfg: DictConfig) -> dict:
     init_frames = int(collector_cfg.collector.init_random_frames)
     collected_this_run = 0
     metrics, learner = None, None
+    clock, frames_at_first_update = LearnerClock(cfg.device), frames
     world_model_loss: list[torch.Tensor] = []
     last_time, last_frames, last_updates = time.perf_counter(), frames, updates
     bar = tqdm(
@@ -153,7 +155,10 @@ def train(cfg: DictConfig) -> dict:
                         )
                         if learner is None:
                             learner = make_learner(cfg, agent, sequences)
+                            frames_at_first_update = frames
+                        clock.start()
                         metrics = learner(sequences)
+                        clock.stop()
                         updates += 1
                         if sync_every and updates % sync_every == 0:
                             collector.update_policy_weights_()
@@ -177,6 +182,7 @@ def train(cfg: DictConfig) -> dict:
                         "perf/env_steps_per_s": (frames - last_frames) / (now - last_time),
                         "perf/updates_per_s": (updates - last_updates) / (now - last_time),
                         "perf/updates": updates,
+                        "perf/learner_busy": clock.busy_fraction(),
                     },
                     frames,
                 )
@@ -206,5 +212,6 @@ def train(cfg: DictConfig) -> dict:
         "agent": agent,
         "world_model_loss": history,
         "weight_syncs": getattr(collector, "weight_syncs", 0),
+        "perf": clock.summary(frames - frames_at_first_update),
         "stopped_by": stop.received,
     }
