@@ -17,6 +17,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "$VENV/bin/python" -m pip install -q "torch==2.13.0" || "$VENV/bin/python" -m pip install -q "torch>=2.11" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-"$VENV/bin/python" -m pip install -q -e ".[dev]"
+# ray: collector.backend=ray and its test (about 240 MB, 15 s to install)
+"$VENV/bin/python" -m pip install -q -e ".[dev,ray]"
 "$VENV/bin/python" -m ipykernel install --user --name dreamer >/dev/null 2>&1 || true
 echo "ready: $VENV"

@@ -77,3 +77,24 @@ def validate_config(cfg: DictConfig) -> None:
             f"resume={cfg.resume} does not exist. Point resume= at a checkpoint file "
             "(e.g. <logdir>/checkpoints/last.pt) or drop resume= to start fresh."
         )
+    validate_scaling_config(cfg)
+
+
+def validate_scaling_config(cfg: DictConfig) -> None:
+    """The ``collector.backend``, ``eval:`` and ``distributed:`` settings (see README, Scaling out)."""
+    if cfg.collector.backend not in ("local", "ray"):
+        raise ConfigError(
+            f"collector.backend must be 'local' or 'ray', got {cfg.collector.backend!r}."
+        )
+    if cfg.collector.backend == "ray":
+        from dreamer.collector.ray_collector import validate_ray_config
+
+        validate_ray_config(cfg)
+    if cfg.eval.enabled:
+        from dreamer.evaluation.settings import validate_eval_config
+
+        validate_eval_config(cfg.eval)
+    if cfg.distributed.backend not in ("auto", "nccl", "gloo"):
+        raise ConfigError(
+            f"distributed.backend must be auto, nccl or gloo, got {cfg.distributed.backend!r}."
+        )

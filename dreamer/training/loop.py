@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -14,12 +15,21 @@ from tqdm import tqdm
 from dreamer.agent import build_agent
 from dreamer.collector.collector import make_collector
 from dreamer.env.factory import add_episode_stats, make_base_env
+from dreamer.evaluation.evaluator import start_evaluator
 from dreamer.imagination.plots import open_loop_figure
 from dreamer.imagination.rollouts import open_loop_prediction
 from dreamer.policy.acting import add_acting_state
 from dreamer.replay.buffer import make_replay_buffer, select_for_storage, to_sequences
 from dreamer.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from dreamer.training.config_check import resolve_compile, validate_config
+from dreamer.training.distributed import (
+    NullLogger,
+    average_agent_gradients,
+    broadcast_state,
+    check_in_sync,
+    init_distributed,
+    shutdown_distributed,
+)
 from dreamer.training.metrics import TensorBoardLogger, finished_episode_stats
 from dreamer.training.update import check_finite, update_step
 from dreamer.world_model.networks import model_size_from_config
@@ -65,10 +75,14 @@ def train(cfg: DictConfig) -> dict:
     """Run DreamerV3 as configured; returns final counters and the last logged metrics."""
     resolve_compile(cfg)
     validate_config(cfg)
+    rank = init_distributed(cfg)  # per-rank device and seed; rank 0 alone writes files
     torch.manual_seed(int(cfg.seed))
     logdir = Path(cfg.logdir)
-    logdir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, logdir / "config.yaml")
+    if rank.is_main:
+        logdir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, logdir / "config.yaml")
+    # Spawned before this process does any CUDA work, so the worker never inherits a context.
+    evaluator = start_evaluator(cfg) if rank.is_main else None
 
     env = make_training_env(cfg)
     agent = build_agent(cfg, env)
@@ -84,6 +98,10 @@ def train(cfg: DictConfig) -> dict:
         updates, frames, owed = state["updates"], state["frames"], state["owed_updates"]
         set_rng_state(state["rng"])
         log.info("resumed from %s at update %d, frame %d", cfg.resume, updates, frames)
+    grad_hook = None
+    if rank.enabled:
+        broadcast_state([agent.loss], src=0)
+        grad_hook = partial(average_agent_gradients, world_size=rank.world_size)
 
     remaining = max(int(cfg.collector.total_frames) - frames, int(cfg.collector.frames_per_batch))
     collector_cfg = copy.deepcopy(cfg)
@@ -95,7 +113,7 @@ def train(cfg: DictConfig) -> dict:
         )
     collector = make_collector(collector_cfg, env, agent.policy)
     updates_per_frame = float(cfg.train_ratio) / (int(cfg.batch_size) * int(cfg.batch_length))
-    logger = TensorBoardLogger(logdir, purge_step=frames or None)
+    logger = TensorBoardLogger(logdir, purge_step=frames or None) if rank.is_main else NullLogger()
     ckpt_dir = logdir / "checkpoints"
     init_frames = int(collector_cfg.collector.init_random_frames)
     collected_this_run = 0
@@ -106,7 +124,7 @@ def train(cfg: DictConfig) -> dict:
         total=int(cfg.collector.total_frames),
         initial=frames,
         unit="frame",
-        disable=not cfg.log.progress_bar,
+        disable=not cfg.log.progress_bar or not rank.is_main,
         dynamic_ncols=True,
     )
     try:
@@ -123,7 +141,7 @@ def train(cfg: DictConfig) -> dict:
                 while owed >= 1.0:
                     owed -= 1.0
                     sequences = to_sequences(replay.sample().to(cfg.device), int(cfg.batch_length))
-                    metrics = update_step(agent, sequences)
+                    metrics = update_step(agent, sequences, grad_hook)
                     world_model_loss.append(
                         sum(v for k, v in metrics.items() if k.startswith("loss_model_"))
                     )
@@ -133,9 +151,9 @@ def train(cfg: DictConfig) -> dict:
                         logger.log(
                             {f"train/{k}": v for k, v in metrics.items() if v.numel() == 1}, frames
                         )
-                    if updates % int(cfg.log.image_every_updates) == 0:
+                    if rank.is_main and updates % int(cfg.log.image_every_updates) == 0:
                         log_open_loop_figure(logger, agent, sequences, cfg.task, frames)
-                    if updates % int(cfg.checkpoint.every_updates) == 0:
+                    if rank.is_main and updates % int(cfg.checkpoint.every_updates) == 0:
                         save_checkpoint(
                             ckpt_dir / "last.pt",
                             checkpoint_payload(agent, cfg, updates, frames, owed),
@@ -150,14 +168,24 @@ def train(cfg: DictConfig) -> dict:
                 frames,
             )
             last_time, last_frames, last_updates = now, frames, updates
+            if evaluator is not None:
+                evaluator.step(agent.policy, updates, frames, logger)
             bar.update(n_new)
             bar.set_postfix(updates=updates, ret=episode.get("episode/return", float("nan")))
+        if evaluator is not None:
+            evaluator.close(agent.policy, updates, frames, logger)
     finally:
         bar.close()
         collector.shutdown()
+        if evaluator is not None:
+            evaluator.stop()
     if metrics is not None:
         check_finite(metrics, updates)
-    save_checkpoint(ckpt_dir / "last.pt", checkpoint_payload(agent, cfg, updates, frames, owed))
+    if rank.enabled:
+        check_in_sync([agent.loss], rank)
+        shutdown_distributed(rank)
+    if rank.is_main:
+        save_checkpoint(ckpt_dir / "last.pt", checkpoint_payload(agent, cfg, updates, frames, owed))
     logger.close()
     history = torch.stack(world_model_loss).cpu() if world_model_loss else torch.empty(0)
     return {

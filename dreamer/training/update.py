@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tensordict import TensorDictBase
 
@@ -21,16 +23,24 @@ def loss_terms(losses: TensorDictBase) -> dict[str, torch.Tensor]:
     }
 
 
-def update_step(agent: Agent, sequences: TensorDictBase) -> TensorDictBase:
+def update_step(
+    agent: Agent,
+    sequences: TensorDictBase,
+    grad_hook: Callable[[Agent], None] | None = None,
+) -> TensorDictBase:
     """Compute all DreamerV3 losses on ``[B, T]`` sequences, backprop once, step, EMA the critic.
 
-    Returns the detached loss and metric entries (no host sync happens here).
+    ``grad_hook(agent)`` runs between backward and the optimizer step (the data-parallel
+    learner averages gradients there). Returns the detached loss and metric entries (no host
+    sync happens here).
     """
     losses = agent.loss(sequences)
     terms = loss_terms(losses)
     total = sum(value.sum() for value in terms.values())
     agent.optimizer.zero_grad(set_to_none=True)
     total.backward()
+    if grad_hook is not None:
+        grad_hook(agent)
     agent.optimizer.step()
     agent.target_updater.step()
     metrics = losses.exclude("replay_context").detach()
