@@ -181,6 +181,7 @@ def _flat_state(state):
     return []
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_match_one_process_on_the_combined_batch(tmp_path):
     torch.multiprocessing.spawn(_rank_main, args=(str(tmp_path), _free_port()), nprocs=2)
     wm = [torch.load(tmp_path / f"wm{r}.pt") for r in range(2)]
