@@ -10,11 +10,17 @@ from torchrl.envs import EnvBase
 def make_collector(
     cfg, env: EnvBase, policy, policy_device: torch.device | None = None
 ) -> Collector:
-    """A single in-process collector over the pre-vectorised env.
+    """A single in-process collector over the pre-vectorised env (``collector.backend=local``).
 
+    ``collector.backend=ray`` hands over to :func:`dreamer.collector.ray_collector.make_ray_collector`
+    (Ray workers with envs of their own; ``env`` then only gave the agent its specs).
     ``no_cuda_sync`` is set for CUDA envs (Isaac Lab or a GPU-resident replica): the collector's
     explicit syncs would otherwise stall the simulator's stream every step.
     """
+    if cfg.collector.backend == "ray":
+        from dreamer.collector.ray_collector import make_ray_collector
+
+        return make_ray_collector(cfg, policy)
     env_device = torch.device(cfg.env.device)
     return Collector(
         env,

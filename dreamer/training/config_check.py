@@ -85,6 +85,7 @@ def validate_config(cfg: DictConfig) -> None:
             f"device={cfg.device}); use learner.mode=auto or eager on this device."
         )
     check_pixel_config(cfg)
+    validate_scaling_config(cfg)
     if cfg.resume is not None and not os.path.isfile(str(cfg.resume)):
         raise ConfigError(
             f"resume={cfg.resume} does not exist. Point resume= at a checkpoint file "
@@ -140,3 +141,23 @@ def _free_memory(device: torch.device) -> int | None:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
     return None
+
+
+def validate_scaling_config(cfg: DictConfig) -> None:
+    """The ``collector.backend``, ``eval:`` and ``distributed:`` settings (see README, Scaling out)."""
+    if cfg.collector.backend not in ("local", "ray"):
+        raise ConfigError(
+            f"collector.backend must be 'local' or 'ray', got {cfg.collector.backend!r}."
+        )
+    if cfg.collector.backend == "ray":
+        from dreamer.collector.ray_collector import validate_ray_config
+
+        validate_ray_config(cfg)
+    if cfg.eval.enabled:
+        from dreamer.evaluation.settings import validate_eval_config
+
+        validate_eval_config(cfg.eval)
+    if cfg.distributed.backend not in ("auto", "nccl", "gloo"):
+        raise ConfigError(
+            f"distributed.backend must be auto, nccl or gloo, got {cfg.distributed.backend!r}."
+        )

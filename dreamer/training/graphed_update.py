@@ -49,8 +49,10 @@ class GraphedUpdate:
         cuda_graph: bool | None = None,
         mixed_precision: bool = False,
         warmup_updates: int = 3,
+        grad_hook=None,
     ):
         self.agent = agent
+        self.grad_hook = grad_hook
         # The loss lists keys the world model writes itself (e.g. the symlog target); keep
         # only what a replay sample provides.
         present = set(example.keys(True))
@@ -75,6 +77,7 @@ class GraphedUpdate:
             sequences,
             step_optimizer=lambda: optimizer_step(self.agent.optimizer, self.steps),
             mixed_precision=self.mixed_precision,
+            grad_hook=self.grad_hook,
         )
 
     def _training_state(self) -> list[torch.Tensor]:
@@ -118,13 +121,22 @@ class GraphedUpdate:
         return metrics
 
 
-def make_learner(cfg, agent: Agent, example: TensorDictBase):
-    """``update(sequences) -> metrics`` as ``cfg.learner`` asks; ``auto`` graphs on CUDA only."""
+def make_learner(cfg, agent: Agent, example: TensorDictBase, grad_hook=None):
+    """``update(sequences) -> metrics`` as ``cfg.learner`` asks.
+
+    ``auto`` replays a CUDA graph on CUDA and runs eagerly on a CPU or when ``grad_hook`` is set
+    (the data-parallel all-reduce has not been tried inside a captured graph).
+    """
     mode = str(cfg.learner.mode)
     if mode == "auto":
-        mode = "graph" if example.get("action").device.type == "cuda" else "eager"
+        on_cuda = example.get("action").device.type == "cuda"
+        mode = "graph" if on_cuda and grad_hook is None else "eager"
     if mode == "eager":
-        return lambda sequences: update_step(agent, sequences)
+        return lambda sequences: update_step(agent, sequences, grad_hook=grad_hook)
     return GraphedUpdate(
-        agent, example, cuda_graph=True, mixed_precision=bool(cfg.learner.mixed_precision)
+        agent,
+        example,
+        cuda_graph=True,
+        mixed_precision=bool(cfg.learner.mixed_precision),
+        grad_hook=grad_hook,
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -14,12 +15,21 @@ from tqdm import tqdm
 from dreamer.agent import build_agent
 from dreamer.collector.collector import make_batch_source
 from dreamer.env.factory import add_episode_stats, camera_config, make_base_env
+from dreamer.evaluation.evaluator import start_evaluator
 from dreamer.imagination.plots import frame_strip_figure, open_loop_figure
 from dreamer.imagination.rollouts import open_loop_prediction
 from dreamer.policy.acting import add_acting_state
 from dreamer.replay.buffer import make_replay_buffer, sample_sequences, select_for_storage
 from dreamer.training.checkpoint import save_checkpoint
 from dreamer.training.config_check import resolve_compile, validate_config
+from dreamer.training.distributed import (
+    NullLogger,
+    average_agent_gradients,
+    broadcast_state,
+    check_in_sync,
+    init_distributed,
+    shutdown_distributed,
+)
 from dreamer.training.graphed_update import make_learner
 from dreamer.training.guard import NonFiniteGuard
 from dreamer.training.learner_clock import LearnerClock
@@ -74,10 +84,14 @@ def train(cfg: DictConfig) -> dict:
     resolve_compile(cfg)
     validate_config(cfg)
     resume_state = read_resume_checkpoint(cfg) if cfg.resume is not None else None
+    rank = init_distributed(cfg)  # per-rank device and seed; rank 0 alone writes files
     torch.manual_seed(int(cfg.seed))
     logdir = Path(cfg.logdir)
-    logdir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, logdir / "config.yaml")
+    if rank.is_main:
+        logdir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, logdir / "config.yaml")
+    # Spawned before this process does any CUDA work, so the worker never inherits a context.
+    evaluator = start_evaluator(cfg) if rank.is_main else None
 
     env = make_training_env(cfg)
     agent = build_agent(cfg, env)
@@ -91,6 +105,10 @@ def train(cfg: DictConfig) -> dict:
         del resume_state
         log.info("resumed from %s at %s", cfg.resume, point)
     updates, frames, owed = point.updates, point.frames, point.owed_updates
+    grad_hook = None
+    if rank.enabled:
+        broadcast_state([agent.loss], src=0)
+        grad_hook = partial(average_agent_gradients, world_size=rank.world_size)
 
     remaining = max(int(cfg.collector.total_frames) - frames, int(cfg.collector.frames_per_batch))
     collector_cfg = copy.deepcopy(cfg)
@@ -108,12 +126,18 @@ def train(cfg: DictConfig) -> dict:
     sync_every = int(cfg.pipeline.weight_sync_every) if cfg.pipeline.mode == "async" else 0
     updates_per_frame = float(cfg.train_ratio) / (int(cfg.batch_size) * int(cfg.batch_length))
     # Hide events the interrupted run logged after its checkpoint; the curves continue from there.
-    logger = TensorBoardLogger(logdir, purge_step=frames + 1 if frames else None)
+    logger = (
+        TensorBoardLogger(logdir, purge_step=frames + 1 if frames else None)
+        if rank.is_main
+        else NullLogger()
+    )
     ckpt_path = logdir / "checkpoints" / "last.pt"
     guard = NonFiniteGuard()
 
     def save() -> None:
         guard.check()  # never let a non-finite update into a checkpoint
+        if not rank.is_main:
+            return
         counters = {"updates": updates, "frames": frames, "owed_updates": owed}
         save_checkpoint(
             ckpt_path,
@@ -132,7 +156,7 @@ def train(cfg: DictConfig) -> dict:
         total=int(cfg.collector.total_frames),
         initial=frames,
         unit="frame",
-        disable=not cfg.log.progress_bar,
+        disable=not cfg.log.progress_bar or not rank.is_main,
         dynamic_ncols=True,
     )
     stop = StopOnSignal()
@@ -154,7 +178,7 @@ def train(cfg: DictConfig) -> dict:
                             replay, int(cfg.batch_size), int(cfg.batch_length), cfg.device
                         )
                         if learner is None:
-                            learner = make_learner(cfg, agent, sequences)
+                            learner = make_learner(cfg, agent, sequences, grad_hook)
                             frames_at_first_update = frames
                         clock.start()
                         metrics = learner(sequences)
@@ -172,7 +196,7 @@ def train(cfg: DictConfig) -> dict:
                                 {f"train/{k}": v for k, v in metrics.items() if v.numel() == 1},
                                 frames,
                             )
-                        if updates % int(cfg.log.image_every_updates) == 0:
+                        if rank.is_main and updates % int(cfg.log.image_every_updates) == 0:
                             log_open_loop_figure(logger, agent, sequences, cfg.task, frames)
                         if updates % int(cfg.checkpoint.every_updates) == 0:
                             save()
@@ -187,14 +211,24 @@ def train(cfg: DictConfig) -> dict:
                     frames,
                 )
                 last_time, last_frames, last_updates = now, frames, updates
+                if evaluator is not None:
+                    evaluator.step(agent.policy, updates, frames, logger)
                 bar.update(n_new)
                 bar.set_postfix(updates=updates, ret=episode.get("episode/return", float("nan")))
                 if stop.requested:
                     break
+            if evaluator is not None:
+                evaluator.close(agent.policy, updates, frames, logger)
+            if rank.enabled:
+                check_in_sync([agent.loss], rank)
             save()
     finally:
         bar.close()
         collector.shutdown()
+        if evaluator is not None:
+            evaluator.stop()
+        if rank.enabled:
+            shutdown_distributed(rank)
         logger.close()
     if stop.requested:
         log.warning(

@@ -31,12 +31,15 @@ def update_step(
     *,
     step_optimizer: Callable[[], None] | None = None,
     mixed_precision: bool = False,
+    grad_hook: Callable[[Agent], None] | None = None,
 ) -> TensorDictBase:
     """Compute all DreamerV3 losses on ``[B, T]`` sequences, backprop once, step, EMA the critic.
 
     ``step_optimizer`` replaces ``agent.optimizer.step`` (the CUDA-graph learner passes its
-    device-counter step); ``mixed_precision`` runs the losses under bf16 autocast on CUDA.
-    Returns the detached loss and metric entries (no host sync happens here).
+    device-counter step); ``mixed_precision`` runs the losses under bf16 autocast on CUDA;
+    ``grad_hook(agent)`` runs between backward and the optimizer step (the data-parallel
+    learner averages gradients there). Returns the detached loss and metric entries (no host
+    sync happens here).
     """
     device_type = sequences.get("action").device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=mixed_precision):
@@ -45,6 +48,8 @@ def update_step(
         total = sum(value.sum() for value in terms.values())
     agent.optimizer.zero_grad(set_to_none=True)
     total.backward()
+    if grad_hook is not None:
+        grad_hook(agent)
     grads = [p.grad for group in agent.optimizer.param_groups for p in group["params"]]
     # The loss terms can all be finite while a gradient is not; the guard watches this norm too.
     grad_norm = torch.nn.utils.get_total_norm([g for g in grads if g is not None])

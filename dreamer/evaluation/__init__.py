@@ -1,0 +1,1 @@
+"""evaluation stage: a worker process that runs deterministic episodes with the latest policy."""
