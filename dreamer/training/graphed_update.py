@@ -106,7 +106,10 @@ class GraphedUpdate:
         # Gradients are allocated inside the graph's pool by the captured backward.
         self.agent.optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        torch.cuda.synchronize(self.device)
+        # thread_local: the background collector may call into CUDA from its own thread while
+        # this one captures; only this thread's calls must be capture-safe.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.static_output = self._step(self.static_input)
 
     def __call__(self, sequences: TensorDictBase) -> TensorDictBase:

@@ -1,0 +1,95 @@
+"""Collection and training together: env steps/s, updates/s and learner busy %, sync vs async.
+
+Runs the real training loop (:func:`dreamer.training.loop.train`) for a fixed number of frames in
+each pipeline mode and reports its steady-state figures (from the first update on, the random
+prefill left out). Usage::
+
+    python bench/bench_pipeline.py --device cuda --num-envs 4096 --frames 3000000 \
+        --train-ratio 0.1 --modes sync async --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+
+from dreamer.training.loop import train  # noqa: E402
+
+
+def run(mode: str, args) -> dict:
+    steps = 64  # frames_per_batch must give every env one full batch_length sequence
+    overrides = [
+        f"task={args.task}",
+        f"model={args.model}",
+        f"device={args.device}",
+        f"env.device={args.device}",
+        "env.backend=mujoco",
+        f"env.num_envs={args.num_envs}",
+        f"collector.frames_per_batch={args.num_envs * steps}",
+        f"collector.init_random_frames={args.num_envs * 64}",
+        f"collector.total_frames={args.frames}",
+        f"replay.capacity={args.num_envs * 256}",
+        f"train_ratio={args.train_ratio}",
+        f"pipeline.mode={mode}",
+        "compile.enabled=false",
+        "log.progress_bar=false",
+        "log.image_every_updates=1000000000",
+        "checkpoint.every_updates=1000000000",
+    ]
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=overrides)
+    with tempfile.TemporaryDirectory() as logdir:
+        cfg.logdir = logdir
+        result = train(cfg)
+    return {
+        "mode": mode,
+        "updates": result["updates"],
+        "frames": result["frames"],
+        **result["perf"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="Isaac-Ant-v0")
+    parser.add_argument("--model", default="small12m")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--num-envs", type=int, default=4096)
+    parser.add_argument("--frames", type=int, default=3_000_000)
+    parser.add_argument("--train-ratio", type=float, default=0.1)
+    parser.add_argument("--modes", nargs="+", default=["sync", "async"])
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    rows = [run(mode, args) for mode in args.modes]
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "cpus": len(__import__("os").sched_getaffinity(0)),
+        "command": " ".join(sys.argv),
+    }
+    print(meta)
+    print(
+        f"{'mode':6s} {'env steps/s':>12s} {'updates/s':>10s} {'learner busy':>13s} {'wall s':>7s}"
+    )
+    for row in rows:
+        print(
+            f"{row['mode']:6s} {row['env_steps_per_s']:12,.0f} {row['updates_per_s']:10.2f} "
+            f"{row['learner_busy']:13.0%} {row['wall_s']:7.1f}"
+        )
+    if args.json:
+        args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
