@@ -71,7 +71,10 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["sync", "async"])
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    rows = [run(mode, args) for mode in args.modes]
+    rows = []
+    for mode in args.modes:
+        rows.append(run(mode, args))
+        print(json.dumps(rows[-1]), flush=True)
     meta = {
         "date": datetime.date.today().isoformat(),
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",

@@ -20,6 +20,7 @@ import copy
 import queue
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from tensordict import TensorDict, TensorDictBase
@@ -110,6 +111,16 @@ class BackgroundCollector:
                     raise RuntimeError("the background collector failed") from self.error
                 return
             yield batch
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the acting policy still, e.g. while the learner captures its CUDA graph.
+
+        Capture puts the device's random generator in capture mode; a policy sampling actions
+        from another thread at that moment breaks the capture (seen on an H100, 2026-11-24).
+        """
+        with self.lock:
+            yield
 
     def update_policy_weights_(self) -> None:
         """Copy the learner's current weights into the acting copy (between two acting steps)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -178,7 +179,8 @@ def train(cfg: DictConfig) -> dict:
                             replay, int(cfg.batch_size), int(cfg.batch_length), cfg.device
                         )
                         if learner is None:
-                            learner = make_learner(cfg, agent, sequences, grad_hook)
+                            with getattr(collector, "paused", nullcontext)():
+                                learner = make_learner(cfg, agent, sequences, grad_hook)
                             frames_at_first_update = frames
                         clock.start()
                         metrics = learner(sequences)
