@@ -99,10 +99,12 @@ def _filled_buffer(batch_length: int):
     policy = TensorDictModule(
         lambda obs: torch.rand(obs.shape[0], 2) * 2 - 1, in_keys=["policy"], out_keys=["action"]
     )
-    collector = Collector(env, policy, frames_per_batch=8 * 40, total_frames=8 * 40)
+    collector = Collector(env, policy, frames_per_batch=8 * 20, total_frames=8 * 40)
     buffer = make_replay_buffer(8 * 200, batch_size=12, batch_length=batch_length, device="cpu")
     for batch in collector:
         buffer.extend(select_for_storage(batch))
+        # Sample between extends: the sampler's cached episode boundaries must follow the writes.
+        to_sequences(buffer.sample(), batch_length)
     collector.shutdown()
     return buffer
 

@@ -35,6 +35,10 @@ def make_replay_buffer(
     """Buffer of ``capacity`` transitions; each sample is ``batch_size * batch_length`` steps."""
     sampler = SliceSampler(
         slice_len=batch_length,
+        # Episode boundaries are found by scanning the whole storage; keep them until the next
+        # extend (TorchRL drops the cache when the storage changes) instead of rescanning on every
+        # sample: a learner draws tens of samples between two collections at Isaac scale.
+        cache_values=True,
         end_key=("next", "done"),
         strict_length=False,
         truncated_key=("next", "truncated"),
