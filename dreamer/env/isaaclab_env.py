@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 # Quaternions are (x, y, z, w), Isaac Lab 3.x's convention; converted for 2.x (w first).
 DEFAULT_CAMERA_POS = (-3.0, 0.0, 1.5)
 DEFAULT_CAMERA_ROT_XYZW = (0.0, 0.23, 0.0, 0.9732)
-# Tasks whose assets our offline asset root provides (the newton wheel only ships a drop-in Ant).
-_OFFLINE_ASSET_TASK_PREFIXES = ("Isaac-Ant",)
+# Tasks whose assets our offline asset root provides (drop-in robots from the newton wheel).
+_OFFLINE_ASSET_TASK_PREFIXES = ("Isaac-Ant", "Isaac-Cartpole")
 # Once any app/Isaac Lab module is up, Isaac Sim's Kit app must stay referenced for the process.
 _APP_LAUNCHERS: list[Any] = []
 
@@ -103,8 +103,8 @@ def _configure_asset_root(task_id: str, asset_root: str | os.PathLike | None) ->
     """Point Isaac Lab 3.x at a local asset root before ``isaaclab`` is imported.
 
     Order: ``asset_root`` argument, ``DREAMER_ISAAC_ASSET_ROOT`` (``cloud`` keeps Isaac's default),
-    an ``ISAACSIM_ASSET_ROOT`` the user already set, and for Ant without Isaac Sim our packaged
-    root, built on first use into the cache (Isaac's default is a cloud bucket).
+    an ``ISAACSIM_ASSET_ROOT`` the user already set, and for Ant and Cartpole without Isaac Sim
+    our packaged root, built on first use into the cache (Isaac's default is a cloud bucket).
     """
     from dreamer.env.isaac_assets.build_asset_root import ASSET_ROOT_ENV_VAR, ensure_asset_root
 

@@ -76,8 +76,15 @@ class WorldModel(TensorDictModuleBase):
         nxt = tensordict.get("next")
         for key, value in outputs.items():
             nxt.set(key, value)
-        nxt.set(SYMLOG_TARGET_KEY, symlog(next_obs))
-        nxt.set(RECO_KEY, self.decoder(feature))
+        reco, target = self.decoder(feature), symlog(next_obs)
+        # Where the env could not give the true final obs (final_obs_valid False), the target is
+        # the next episode's first obs: replace it by the detached prediction so that row's
+        # reconstruction error, and its gradient, are exactly zero.
+        valid = nxt.get("final_obs_valid", None)
+        if valid is not None:
+            target = torch.where(valid, target, reco.detach())
+        nxt.set(SYMLOG_TARGET_KEY, target)
+        nxt.set(RECO_KEY, reco)
         nxt.set("reward_logits", reward_logits)
         nxt.set("reward", self.two_hot(reward_logits))
         nxt.set("continue_pred", self.continue_head(feature))
