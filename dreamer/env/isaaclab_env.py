@@ -142,7 +142,15 @@ def _start_app_2x(device: str, headless: bool, cameras: bool) -> None:
     _APP_LAUNCHERS.append(AppLauncher(headless=headless, enable_cameras=cameras, device=device))
 
 
+CAMERA_KEYS = ("width", "height", "pos", "rot", "renderer_backend")
+
+
 def _camera_kwargs(pixels: dict, major: int) -> dict[str, Any]:
+    unknown = sorted(set(pixels) - set(CAMERA_KEYS))
+    if unknown:
+        raise ValueError(
+            f"Unknown camera settings {unknown} in env.camera; allowed: {', '.join(CAMERA_KEYS)}."
+        )
     pos = tuple(float(v) for v in pixels.get("pos", DEFAULT_CAMERA_POS))
     x, y, z, w = (float(v) for v in pixels.get("rot", DEFAULT_CAMERA_ROT_XYZW))
     # Our config always speaks (x, y, z, w); Isaac Lab 2.x offsets are (w, x, y, z).
@@ -197,6 +205,7 @@ def make_isaaclab_env(
     major = version[0]
     task_id = resolve_isaaclab_task_id(task, version)
     sim_device = _torch_device_str(device)
+    camera = None if pixels is None else _camera_kwargs(pixels, major)
     # tensordict's get() returning None for missing keys is what TorchRL expects; Isaac Lab 2.x
     # containers may ship an older tensordict whose default differs.
     os.environ.setdefault("TD_GET_DEFAULTS_TO_NONE", "1")
@@ -229,8 +238,8 @@ def make_isaaclab_env(
         cfg.compute_final_obs = True
     if episode_length_s is not None:
         cfg.episode_length_s = float(episode_length_s)
-    if pixels is not None:
-        IsaacLabWrapper.add_tiled_camera_config(cfg, **_camera_kwargs(pixels, major))
+    if camera is not None:
+        IsaacLabWrapper.add_tiled_camera_config(cfg, **camera)
     if cfg_hook is not None:
         cfg_hook(cfg)
     env = gym.make(task_id, cfg=cfg)

@@ -271,3 +271,13 @@ def test_with_episode_stats_transforms(fake_isaaclab):
         first = batch["next", "policy"][..., 1] == 1
         assert torch.allclose(ep_ret[first], batch["next", "reward"].squeeze(-1)[first])
     collector.shutdown()
+
+
+def test_unknown_camera_setting_is_rejected_before_isaac_lab_starts(monkeypatch):
+    import dreamer.env.isaaclab_env as ile
+
+    monkeypatch.setattr(ile, "isaaclab_available", lambda: True)
+    monkeypatch.setattr(ile, "installed_isaaclab_version", lambda: (3, 0, 0))
+    monkeypatch.setattr(ile, "_configure_asset_root", lambda *a: pytest.fail("started Isaac Lab"))
+    with pytest.raises(ValueError, match=r"Unknown camera settings \['fov'\] in env.camera"):
+        ile.make_isaaclab_env("Isaac-Ant-v0", 2, "cpu", 0, pixels={"width": 64, "fov": 60})
