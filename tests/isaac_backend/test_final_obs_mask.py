@@ -41,7 +41,7 @@ def test_missing_final_obs_is_stored_invalid_and_not_reconstructed(fake_isaaclab
     env = add_acting_state(add_episode_stats(base), size, standin.ACT_DIM)
     agent = build_agent(smoke_cfg, env)
     with torch.no_grad():
-        rollout = env.rollout(16, agent.policy, break_when_any_done=False)
+        rollout = env.rollout(16, break_when_any_done=False)  # random actions
 
     stored = select_for_storage(rollout)
     replay = make_replay_buffer(1000, batch_size=2, batch_length=8, device="cpu")
