@@ -49,7 +49,7 @@ def test_world_model_loss_falls_by_half(trained):
 def test_predicted_rewards_correlate_with_held_out_rewards(trained):
     from dreamer.env.factory import add_episode_stats, make_base_env
     from dreamer.policy.acting import add_acting_state
-    from dreamer.replay.buffer import STORED_KEYS
+    from dreamer.replay.buffer import select_for_storage
 
     agent = trained["agent"]
     env = add_acting_state(
@@ -59,7 +59,7 @@ def test_predicted_rewards_correlate_with_held_out_rewards(trained):
     )
     with torch.no_grad():
         data = env.rollout(120, agent.policy, break_when_any_done=False)
-        data = data.select(*STORED_KEYS)
+        data = select_for_storage(data)
         real = data["next", "reward"].clone()
         predicted = agent.world_model(data.clone())["next", "reward"]
     r = torch.corrcoef(torch.stack([predicted.flatten(), real.flatten()]))[0, 1]

@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 # Quaternions are (x, y, z, w), Isaac Lab 3.x's convention; converted for 2.x (w first).
 DEFAULT_CAMERA_POS = (-3.0, 0.0, 1.5)
 DEFAULT_CAMERA_ROT_XYZW = (0.0, 0.23, 0.0, 0.9732)
-# Tasks whose assets our offline asset root provides (the newton wheel only ships a drop-in Ant).
-_OFFLINE_ASSET_TASK_PREFIXES = ("Isaac-Ant",)
+# Tasks whose assets our offline asset root provides (drop-in robots from the newton wheel).
+_OFFLINE_ASSET_TASK_PREFIXES = ("Isaac-Ant", "Isaac-Cartpole")
 # Once any app/Isaac Lab module is up, Isaac Sim's Kit app must stay referenced for the process.
 _APP_LAUNCHERS: list[Any] = []
 
@@ -103,8 +103,8 @@ def _configure_asset_root(task_id: str, asset_root: str | os.PathLike | None) ->
     """Point Isaac Lab 3.x at a local asset root before ``isaaclab`` is imported.
 
     Order: ``asset_root`` argument, ``DREAMER_ISAAC_ASSET_ROOT`` (``cloud`` keeps Isaac's default),
-    an ``ISAACSIM_ASSET_ROOT`` the user already set, and for Ant without Isaac Sim our packaged
-    root, built on first use into the cache (Isaac's default is a cloud bucket).
+    an ``ISAACSIM_ASSET_ROOT`` the user already set, and for Ant and Cartpole without Isaac Sim
+    our packaged root, built on first use into the cache (Isaac's default is a cloud bucket).
     """
     from dreamer.env.isaac_assets.build_asset_root import ASSET_ROOT_ENV_VAR, ensure_asset_root
 
@@ -142,7 +142,15 @@ def _start_app_2x(device: str, headless: bool, cameras: bool) -> None:
     _APP_LAUNCHERS.append(AppLauncher(headless=headless, enable_cameras=cameras, device=device))
 
 
+CAMERA_KEYS = ("width", "height", "pos", "rot", "renderer_backend")
+
+
 def _camera_kwargs(pixels: dict, major: int) -> dict[str, Any]:
+    unknown = sorted(set(pixels) - set(CAMERA_KEYS))
+    if unknown:
+        raise ValueError(
+            f"Unknown camera settings {unknown} in env.camera; allowed: {', '.join(CAMERA_KEYS)}."
+        )
     pos = tuple(float(v) for v in pixels.get("pos", DEFAULT_CAMERA_POS))
     x, y, z, w = (float(v) for v in pixels.get("rot", DEFAULT_CAMERA_ROT_XYZW))
     # Our config always speaks (x, y, z, w); Isaac Lab 2.x offsets are (w, x, y, z).
@@ -197,6 +205,7 @@ def make_isaaclab_env(
     major = version[0]
     task_id = resolve_isaaclab_task_id(task, version)
     sim_device = _torch_device_str(device)
+    camera = None if pixels is None else _camera_kwargs(pixels, major)
     # tensordict's get() returning None for missing keys is what TorchRL expects; Isaac Lab 2.x
     # containers may ship an older tensordict whose default differs.
     os.environ.setdefault("TD_GET_DEFAULTS_TO_NONE", "1")
@@ -229,8 +238,8 @@ def make_isaaclab_env(
         cfg.compute_final_obs = True
     if episode_length_s is not None:
         cfg.episode_length_s = float(episode_length_s)
-    if pixels is not None:
-        IsaacLabWrapper.add_tiled_camera_config(cfg, **_camera_kwargs(pixels, major))
+    if camera is not None:
+        IsaacLabWrapper.add_tiled_camera_config(cfg, **camera)
     if cfg_hook is not None:
         cfg_hook(cfg)
     env = gym.make(task_id, cfg=cfg)

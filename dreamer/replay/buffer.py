@@ -26,7 +26,12 @@ STORED_KEYS = (
     ("next", "done"),
     ("next", "terminated"),
     ("next", "truncated"),
+    ("next", "final_obs_valid"),
 )
+# False where ("next", "policy") is not the episode's true final observation (an Isaac Lab version
+# without compute_final_obs): the world model skips those reconstruction targets. Envs that always
+# return the true final observation (the embedded MuJoCo backend) do not emit it.
+FINAL_OBS_VALID = ("next", "final_obs_valid")
 
 
 def make_replay_buffer(
@@ -54,7 +59,11 @@ def select_for_storage(batch: TensorDictBase, obs_keys: Sequence[str] = ()) -> T
     """Keep only :data:`STORED_KEYS` of a collector batch ``[N, T]``, plus the model's ``obs_keys``.
 
     Camera frames are stored only when the world model reads them (``model.obs_keys``).
+    ``("next", "final_obs_valid")`` is filled with ``True`` for envs that do not emit it.
     """
+    if FINAL_OBS_VALID not in batch.keys(True):
+        done = batch.get(("next", "done"))
+        batch = batch.clone(False).set(FINAL_OBS_VALID, torch.ones_like(done, dtype=torch.bool))
     extra = [key for key in obs_keys if key not in STORED_KEYS]
     return batch.select(*STORED_KEYS, *extra, *(("next", key) for key in extra))
 

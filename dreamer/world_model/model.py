@@ -85,10 +85,18 @@ class WorldModel(TensorDictModuleBase):
         nxt = tensordict.get("next")
         for key, value in outputs.items():
             nxt.set(key, value)
-        for head, value in zip(self.heads, next_obs, strict=True):
+        # Where the env could not give the true final obs (final_obs_valid False), the target is
+        # the next episode's first obs: replace it by the detached prediction so that row's
+        # reconstruction error, and its gradient, are exactly zero. (Vector targets only: a
+        # camera head's target is the stored frame itself.)
+        valid = nxt.get("final_obs_valid", None)
+        recos = as_tuple(self.decoder(feature))
+        for head, value, reco in zip(self.heads, next_obs, recos, strict=True):
             if head.target_key != head.obs_key:
-                nxt.set(head.target_key, symlog(value))
-        for head, reco in zip(self.heads, as_tuple(self.decoder(feature)), strict=True):
+                target = symlog(value)
+                if valid is not None:
+                    target = torch.where(valid, target, reco.detach())
+                nxt.set(head.target_key, target)
             nxt.set(head.reco_key, reco)
         nxt.set("reward_logits", reward_logits)
         nxt.set("reward", self.two_hot(reward_logits))

@@ -1,13 +1,17 @@
-"""Build an offline Isaac asset root for Isaac-Ant from files shipped in installed wheels.
+"""Build an offline Isaac asset root for Isaac-Ant and Isaac-Cartpole from installed wheels.
 
 Isaac Lab resolves ``{ISAAC_NUCLEUS_DIR}`` to a cloud bucket unless ``ISAACSIM_ASSET_ROOT`` points
-at a local directory. Offline (these machines, CI) Isaac-Ant therefore needs two files under that
-root, which this module writes:
+at a local directory. Offline (these machines, CI) Isaac-Ant and Isaac-Cartpole need these files under
+that root, which this module writes:
 
 - ``Isaac/Robots/IsaacSim/Ant/ant_instanceable.usd``: the ``newton`` wheel's
   ``newton/examples/assets/ant.usda`` (same body and joint names as Isaac's Ant), with the body
   densities raised from 1 to the MJCF's 5 kg/m^3 so its mass matches ``nv_ant.xml`` (0.91 kg),
   and the prims outside its default prim (a light, a physics scene) dropped.
+- ``Isaac/IsaacLab/Robots/Classic/Cartpole/cartpole.usd``: the ``newton`` wheel's
+  ``cartpole_single_pendulum.usda`` (a flattened copy of Isaac Lab's own cartpole, same joint
+  names) with its default prim pointed at the ``/cartpole`` articulation (the file names a
+  ``cartPole`` prim that does not exist, so a reference to it would load nothing).
 - ``Isaac/IsaacLab/Environments/Grid/default_ground_plane_checker_v1/default_ground_plane.usda``:
   a small ground plane written from scratch with the prim layout Isaac Lab's
   ``spawn_ground_plane`` edits (collision ``Plane``, ``Environment/Geometry`` mesh, ``Looks``).
@@ -28,12 +32,13 @@ from pathlib import Path
 
 ASSET_ROOT_ENV_VAR = "DREAMER_ISAAC_ASSET_ROOT"
 ANT_REL = Path("Isaac/Robots/IsaacSim/Ant/ant_instanceable.usd")
+CARTPOLE_REL = Path("Isaac/IsaacLab/Robots/Classic/Cartpole/cartpole.usd")
 GROUND_REL = Path(
     "Isaac/IsaacLab/Environments/Grid/default_ground_plane_checker_v1/default_ground_plane.usda"
 )
 MANIFEST = ".dreamer_asset_root.json"
 # Bump when the produced files change, so stale cached roots are rebuilt.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 
 def default_asset_root() -> Path:
@@ -50,8 +55,9 @@ def _newton_assets_dir() -> Path:
             "The 'newton' wheel is needed to build the Isaac asset root (pip install newton)."
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "examples" / "assets"
-    if not (path / "ant.usda").is_file():
-        raise FileNotFoundError(f"{path / 'ant.usda'} not found in the installed newton wheel.")
+    for name in ("ant.usda", "cartpole_single_pendulum.usda"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path / name} not found in the installed newton wheel.")
     return path
 
 
@@ -122,6 +128,21 @@ def _build_ant(src: Path, dst: Path, density: float) -> dict[str, float]:
     return {"usd_mass_source_kg": mass_before, "usd_mass_built_kg": mass_after}
 
 
+def _build_cartpole(src: Path, dst: Path) -> None:
+    from pxr import Usd
+
+    stage = Usd.Stage.Open(str(src))
+    # Keep the top-level "over" prims: the bodies' instanceable collision prims reference them.
+    stage.SetDefaultPrim(stage.GetPrimAtPath("/cartpole"))
+    layer = stage.GetRootLayer()
+    layer.customLayerData = {
+        "dreamer_source": f"newton wheel: newton/examples/assets/{src.name}",
+        "dreamer_note": "default prim set to /cartpole",
+    }
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    layer.Export(str(dst))
+
+
 def _build_ground(dst: Path) -> None:
     from pxr import Gf, Sdf, Usd, UsdGeom, UsdPhysics, UsdShade, Vt
 
@@ -174,15 +195,13 @@ def _is_complete(root: Path) -> bool:
         data = json.loads(manifest.read_text())
     except (OSError, json.JSONDecodeError):
         return False
-    return (
-        data.get("builder_version") == BUILDER_VERSION
-        and (root / ANT_REL).is_file()
-        and (root / GROUND_REL).is_file()
+    return data.get("builder_version") == BUILDER_VERSION and all(
+        (root / rel).is_file() for rel in (ANT_REL, CARTPOLE_REL, GROUND_REL)
     )
 
 
 def build_asset_root(out_dir: str | os.PathLike, *, force: bool = False) -> Path:
-    """Write the Isaac-Ant asset files under ``out_dir`` (no-op when already built); returns it."""
+    """Write the Isaac-Ant and Isaac-Cartpole asset files under ``out_dir`` (no-op when already built); returns it."""
     root = Path(out_dir).expanduser().resolve()
     if not force and _is_complete(root):
         return root
@@ -192,12 +211,13 @@ def build_asset_root(out_dir: str | os.PathLike, *, force: bool = False) -> Path
     mjcf = assets / "nv_ant.xml"
     density = _mjcf_geom_density(mjcf)
     info = _build_ant(assets / "ant.usda", root / ANT_REL, density)
+    _build_cartpole(assets / "cartpole_single_pendulum.usda", root / CARTPOLE_REL)
     _build_ground(root / GROUND_REL)
     info.update(
         builder_version=BUILDER_VERSION,
         mjcf_mass_kg=_mjcf_total_mass(mjcf),
         mjcf_geom_density=density,
-        files=[str(ANT_REL), str(GROUND_REL)],
+        files=[str(ANT_REL), str(CARTPOLE_REL), str(GROUND_REL)],
     )
     (root / MANIFEST).write_text(json.dumps(info, indent=2) + "\n")
     return root

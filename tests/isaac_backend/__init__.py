@@ -1,0 +1,1 @@
+"""Isaac Lab backend tests (a package, so that its conftest.py does not shadow tests/conftest.py)."""
