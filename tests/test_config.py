@@ -98,3 +98,19 @@ def test_graph_learner_needs_cuda():
         validate_config(_cfg("learner.mode=graph", "device=cpu"))
     with pytest.raises(ConfigError, match="learner.mode must be"):
         validate_config(_cfg("learner.mode=fast"))
+
+
+def test_two_gpu_layout_falls_back_to_one_visible_gpu(monkeypatch):
+    import torch
+
+    from dreamer.training.config_check import fit_devices_to_visible_gpus
+
+    cfg = _cfg("device=cuda:1", "env.device=cuda:0", "pipeline.mode=async")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    changed = fit_devices_to_visible_gpus(cfg)
+    assert cfg.device == "cuda:0" and cfg.env.device == "cuda:0"
+    assert cfg.replay.device == "cuda:0" and cfg.collector.storing_device == "cuda:0"
+    assert any(line.startswith("device=cuda:1") for line in changed)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    cfg = _cfg("device=cuda:1", "env.device=cuda:0")
+    assert fit_devices_to_visible_gpus(cfg) == [] and cfg.device == "cuda:1"

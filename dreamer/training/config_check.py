@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -16,6 +16,34 @@ def resolve_compile(cfg: DictConfig) -> None:
     """``compile.enabled=auto`` means on for CUDA learners, off on CPU."""
     if str(cfg.compile.enabled) == "auto":
         cfg.compile.enabled = torch.device(cfg.device).type == "cuda"
+
+
+DEVICE_SETTINGS = (
+    "device",
+    "env.device",
+    "replay.device",
+    "collector.storing_device",
+    "pipeline.acting_device",
+)
+
+
+def fit_devices_to_visible_gpus(cfg: DictConfig) -> list[str]:
+    """Move settings that name an invisible GPU (``cuda:1`` on a one-GPU machine) to ``cuda:0``.
+
+    The two-GPU layout (``env.device=cuda:0 device=cuda:1 pipeline.mode=async``) then falls back
+    to sharing one GPU instead of failing. Returns the settings it changed (the caller logs them).
+    """
+    visible = torch.cuda.device_count()
+    changed = []
+    for name in DEVICE_SETTINGS:
+        value = OmegaConf.select(cfg, name)
+        if value is None:
+            continue
+        device = torch.device(str(value))
+        if device.type == "cuda" and device.index is not None and device.index >= max(visible, 1):
+            OmegaConf.update(cfg, name, "cuda:0")
+            changed.append(f"{name}={value} -> cuda:0 ({visible} GPU visible)")
+    return changed
 
 
 def validate_config(cfg: DictConfig) -> None:

@@ -22,7 +22,11 @@ from dreamer.imagination.rollouts import open_loop_prediction
 from dreamer.policy.acting import add_acting_state
 from dreamer.replay.buffer import make_replay_buffer, sample_sequences, select_for_storage
 from dreamer.training.checkpoint import save_checkpoint
-from dreamer.training.config_check import resolve_compile, validate_config
+from dreamer.training.config_check import (
+    fit_devices_to_visible_gpus,
+    resolve_compile,
+    validate_config,
+)
 from dreamer.training.distributed import (
     NullLogger,
     average_agent_gradients,
@@ -83,6 +87,8 @@ def train(cfg: DictConfig) -> dict:
     :class:`~dreamer.training.update.NonFiniteLossError` and leaves the last good checkpoint.
     """
     resolve_compile(cfg)
+    for change in fit_devices_to_visible_gpus(cfg):
+        log.warning("falling back to one GPU: %s", change)
     validate_config(cfg)
     resume_state = read_resume_checkpoint(cfg) if cfg.resume is not None else None
     rank = init_distributed(cfg)  # per-rank device and seed; rank 0 alone writes files
