@@ -7,6 +7,7 @@ import stat
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from conftest import load_config
@@ -83,6 +84,29 @@ def test_bad_eval_settings_are_rejected_with_the_fix(tmp_path):
         )
     with pytest.raises(ConfigError, match="eval.episodes"):
         validate_eval_config(_eval_cfg(tmp_path, episodes=0).eval)
+    with pytest.raises(ConfigError, match="eval.video_max_frames"):
+        validate_eval_config(_eval_cfg(tmp_path, video_max_frames=-1).eval)
+
+
+def test_recorder_keeps_env_0_until_its_episode_ends_and_caps_the_length():
+    from dreamer.evaluation.video import FrameRecorder
+
+    def frames(value):  # 3 envs; env 0's frame is filled with value, the others with 255
+        pixels = torch.full((3, 4, 5, 3), 255, dtype=torch.uint8)
+        pixels[0] = value
+        return pixels
+
+    recorder = FrameRecorder(max_frames=10)
+    for step, done in enumerate([False, False, True, False]):
+        recorder.add(frames(step), done)
+    video = recorder.video()
+    assert video.shape == (3, 4, 5, 3) and video.dtype == np.uint8
+    assert video[:, 0, 0, 0].tolist() == [0, 1, 2]  # env 0 only, nothing after its end
+    capped = FrameRecorder(max_frames=2)
+    for step in range(5):
+        capped.add(frames(step), False)
+    assert capped.video()[:, 0, 0, 0].tolist() == [0, 1]
+    assert FrameRecorder(max_frames=0).video() is None
 
 
 def test_existing_xdg_dir_is_tightened_to_0700(tmp_path):
@@ -115,11 +139,8 @@ def test_weights_hand_off_never_blocks_and_the_worker_takes_the_newest():
 
 
 @pytest.mark.slow
-def test_training_with_eval_writes_eval_curves(tmp_path, caplog):
-    from dreamer.training.loop import train
-
-    logdir = tmp_path / "run"
-    cfg = load_config(
+def _eval_train_cfg(tmp_path, *overrides: str):
+    return load_config(
         "task=Isaac-Cartpole-v0",
         "profile=smoke",
         "collector.total_frames=768",
@@ -129,9 +150,17 @@ def test_training_with_eval_writes_eval_curves(tmp_path, caplog):
         "eval.episodes=2",
         "eval.max_steps=50",
         f"eval.xdg_runtime_dir={tmp_path / 'xdg'}",
-        f"logdir={logdir}",
+        f"logdir={tmp_path / 'run'}",
         "log.progress_bar=false",
+        *overrides,
     )
+
+
+def test_training_with_eval_writes_eval_curves(tmp_path, caplog):
+    from dreamer.training.loop import train
+
+    logdir = tmp_path / "run"
+    cfg = _eval_train_cfg(tmp_path)
     with caplog.at_level("INFO", logger="dreamer.evaluation.evaluator"):
         result = train(cfg)
     assert "eval worker ready on cpu" in caplog.text
@@ -149,3 +178,38 @@ def test_training_with_eval_writes_eval_curves(tmp_path, caplog):
     # the final weights (after the last update) were evaluated too
     assert max(updates) == result["updates"] > 0
     assert len(list((logdir / "tensorboard").glob("events.out.tfevents.*"))) == 1
+
+
+@pytest.mark.slow
+def test_eval_with_pixels_writes_episode_gif_and_frame_strip(tmp_path):
+    from PIL import Image, ImageSequence
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from dreamer.training.loop import train
+
+    logdir = tmp_path / "run"
+    cap = 30
+    cfg = _eval_train_cfg(
+        tmp_path,
+        "env.pixels=true",
+        "env.camera.height=32",
+        "env.camera.width=32",
+        "model.obs_keys=[policy]",  # the worker records frames the model does not read
+        f"eval.video_max_frames={cap}",
+    )
+    train(cfg)
+
+    acc = EventAccumulator(str(logdir / "tensorboard"))
+    acc.Reload()
+    eval_steps = {e.step for e in acc.Scalars("eval/updates")}
+    gifs = sorted((logdir / "videos").glob("eval_*.gif"))
+    assert {int(p.stem.removeprefix("eval_")) for p in gifs} == eval_steps
+    with Image.open(gifs[-1]) as gif:
+        frames = np.stack([np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(gif)])
+    assert frames.shape[1:] == (32, 32, 3) and 1 < len(frames) <= cap
+    assert all(frame.std() > 5 for frame in frames)  # a rendered scene, not a blank image
+    assert np.abs(np.diff(frames.astype(np.int16), axis=0)).max() > 0  # the cartpole moves
+
+    strips = acc.Images("eval/frames")
+    assert {e.step for e in strips} == eval_steps
+    assert strips[-1].height == 32 and strips[-1].width == 32 * min(8, cap)

@@ -8,7 +8,8 @@ eval curves.
 
 Nothing here waits on the worker during training: weights go out with ``put_nowait`` into a
 queue of two, a full queue has its stale message replaced, and results are read with
-``get_nowait``.
+``get_nowait``. With a camera (``env.pixels=true``) a result also carries env 0's episode
+frames, written as ``<logdir>/videos/eval_<frames>.gif`` and as the image ``eval/frames``.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from __future__ import annotations
 import logging
 import queue
 import time
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from dreamer.evaluation.launch import start_process
 from dreamer.evaluation.settings import validate_eval_config, worker_environment
+from dreamer.evaluation.video import frame_strip, write_gif
 from dreamer.evaluation.worker import run_worker
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,7 @@ class Evaluator:
         validate_eval_config(cfg.eval)
         self.every = int(cfg.eval.every_updates)
         self.close_timeout = float(cfg.eval.close_timeout_s)
+        self.video_dir = Path(cfg.logdir) / "videos"
         self.last_submitted = 0
         self.dropped = 0
         self.failed = False
@@ -146,6 +150,10 @@ class Evaluator:
             scalars = {key: value for key, value in message.items() if key.startswith("eval/")}
             scalars["eval/updates"] = message["updates"]
             logger.log(scalars, message["frames"])
+            video = message.get("video")
+            if video is not None:
+                write_gif(video, self.video_dir / f"eval_{message['frames']}.gif")
+                logger.log_image("eval/frames", frame_strip(video), message["frames"])
 
 
 def start_evaluator(cfg: DictConfig) -> Evaluator | None:

@@ -24,6 +24,10 @@ def validate_eval_config(eval_cfg: DictConfig) -> None:
     for name in ("every_updates", "episodes", "max_steps"):
         if int(eval_cfg[name]) <= 0:
             raise ConfigError(f"eval.{name} must be a positive integer, got {eval_cfg[name]}.")
+    if int(eval_cfg.video_max_frames) < 0:
+        raise ConfigError(
+            f"eval.video_max_frames must be >= 0 (0: no video), got {eval_cfg.video_max_frames}."
+        )
     device = str(eval_cfg.worker_device)
     if not (device == "cpu" or device == "cuda" or device.startswith("cuda:")):
         raise ConfigError(f"eval.worker_device must be cpu, cuda or cuda:<i>, got {device!r}.")

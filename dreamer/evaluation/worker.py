@@ -19,19 +19,26 @@ from torchrl.envs.utils import ExplorationType, set_exploration_type
 
 from dreamer.evaluation.launch import exec_environment
 from dreamer.evaluation.settings import WORKER_ENV_KEYS
+from dreamer.evaluation.video import FrameRecorder
+from dreamer.world_model.observations import PIXELS_KEY
 
 
-def run_episodes(env: EnvBase, policy, max_steps: int) -> dict[str, float]:
+def run_episodes(env: EnvBase, policy, max_steps: int, video_frames: int = 0) -> dict:
     """One episode per env, actions from the actor's deterministic mode; mean return/length.
 
     Envs that finish early are reset by the env and their later steps are ignored; an episode
-    still running after ``max_steps`` counts with its return so far.
+    still running after ``max_steps`` counts with its return so far. When the env has a camera
+    and ``video_frames > 0``, ``"video"`` holds env 0's episode frames (uint8 ``[T, H, W, 3]``,
+    from the reset frame on, at most ``video_frames``).
     """
     n = env.batch_size[0]
     finished = torch.zeros(n, dtype=torch.bool)
     returns = torch.zeros(n)
     lengths = torch.zeros(n)
     td = env.reset()
+    recorder = FrameRecorder(video_frames) if PIXELS_KEY in td.keys() else None
+    if recorder is not None:
+        recorder.add(td.get(PIXELS_KEY), done=False)
     with torch.no_grad(), set_exploration_type(ExplorationType.DETERMINISTIC):
         for _ in range(max_steps):
             td = policy(td)
@@ -39,6 +46,8 @@ def run_episodes(env: EnvBase, policy, max_steps: int) -> dict[str, float]:
             episode_return = td.get(("next", "episode_reward")).reshape(n).float().cpu()
             episode_length = td.get(("next", "step_count")).reshape(n).float().cpu()
             done = td.get(("next", "done")).reshape(n).cpu()
+            if recorder is not None:
+                recorder.add(td.get(("next", PIXELS_KEY)), done=bool(done[0]))
             running = ~finished
             returns[running] = episode_return[running]
             lengths[running] = episode_length[running]
@@ -46,11 +55,15 @@ def run_episodes(env: EnvBase, policy, max_steps: int) -> dict[str, float]:
             if bool(finished.all()):
                 break
             td = root
-    return {
+    stats = {
         "eval/return": float(returns.mean()),
         "eval/length": float(lengths.mean()),
         "eval/episodes": float(n),
     }
+    video = recorder.video() if recorder is not None else None
+    if video is not None:
+        stats["video"] = video
+    return stats
 
 
 def newest(inbox, first) -> tuple[dict | None, bool]:
@@ -98,7 +111,9 @@ def run_worker(cfg_container: dict, inbox, outbox) -> None:
             if message is None:
                 continue
             policy.load_state_dict(message["policy"])
-            stats = run_episodes(env, policy, int(cfg.eval.max_steps))
+            stats = run_episodes(
+                env, policy, int(cfg.eval.max_steps), int(cfg.eval.video_max_frames)
+            )
             outbox.put(
                 {
                     "kind": "result",

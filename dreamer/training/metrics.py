@@ -38,6 +38,10 @@ class TensorBoardLogger:
         """Write a matplotlib figure as an image and close it."""
         self.writer.add_figure(name, figure, step, close=True)
 
+    def log_image(self, name: str, image, step: int) -> None:
+        """Write a uint8 image ``[H, W, 3]`` (numpy or tensor)."""
+        self.writer.add_image(name, image, step, dataformats="HWC")
+
     def close(self) -> None:
         """Flush and close the event file."""
         self.writer.flush()
