@@ -33,7 +33,8 @@ def run(mode: str, args) -> dict:
         f"task={args.task}",
         f"model={args.model}",
         f"device={args.device}",
-        f"env.device={args.device}",
+        f"env.device={args.env_device or args.device}",
+        f"pipeline.acting_device={args.env_device or args.device}",
         "env.backend=mujoco",
         f"env.num_envs={args.num_envs}",
         f"collector.frames_per_batch={args.num_envs * steps}",
@@ -65,6 +66,11 @@ def main() -> None:
     parser.add_argument("--task", default="Isaac-Ant-v0")
     parser.add_argument("--model", default="small12m")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--env-device",
+        help="simulation and acting device (default: --device); e.g. cuda:0 "
+        "with --device cuda:1 for the two-GPU layout",
+    )
     parser.add_argument("--num-envs", type=int, default=4096)
     parser.add_argument("--frames", type=int, default=3_000_000)
     parser.add_argument("--train-ratio", type=float, default=0.1)
@@ -77,7 +83,8 @@ def main() -> None:
         print(json.dumps(rows[-1]), flush=True)
     meta = {
         "date": datetime.date.today().isoformat(),
-        "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "gpus": torch.cuda.device_count(),
         "cpus": len(__import__("os").sched_getaffinity(0)),
         "command": " ".join(sys.argv),
     }

@@ -90,6 +90,10 @@ def train(cfg: DictConfig) -> dict:
     for change in fit_devices_to_visible_gpus(cfg):
         log.warning("falling back to one GPU: %s", change)
     validate_config(cfg)
+    if torch.device(cfg.device).type == "cuda":
+        # The learner's device is the current one (graph capture, timing events); the env and
+        # the acting copy may live on another GPU (pipeline.acting_device).
+        torch.cuda.set_device(torch.device(cfg.device))
     resume_state = read_resume_checkpoint(cfg) if cfg.resume is not None else None
     rank = init_distributed(cfg)  # per-rank device and seed; rank 0 alone writes files
     torch.manual_seed(int(cfg.seed))
