@@ -105,7 +105,9 @@ def build_agent(cfg, env: EnvBase) -> Agent:
     )
     actor = make_actor(size, action_dim, device)
     critic = make_critic(value_mlp, size).to(device)
-    model_env = make_imagination_env(prior, reward_head, two_hot, env, size.stoch, size.deter)
+    model_env = make_imagination_env(
+        prior, reward_head, two_hot, env, size.stoch, size.deter, device=device
+    )
 
     loss_cfg = cfg.loss
     model_loss = DreamerV3ModelLoss(

@@ -68,8 +68,14 @@ def make_imagination_env(
     batched_env: EnvBase,
     stoch: int,
     deter: int,
+    device: torch.device | str | None = None,
 ) -> DreamerEnv:
-    """Build the model-based env used by the actor loss and by the notebooks."""
+    """Build the model-based env used by the actor loss and by the notebooks.
+
+    It runs on ``device`` (default: the batched env's): the learner's GPU when simulation and
+    acting live on another one.
+    """
+    device = torch.device(device) if device is not None else batched_env.device
     transition = TensorDictModule(
         PriorStep(prior), in_keys=["state", "belief", "action"], out_keys=["state", "belief"]
     )
@@ -80,6 +86,6 @@ def make_imagination_env(
         world_model=WorldModelWrapper(TensorDictSequential(transition), reward),
         prior_shape=torch.Size([stoch]),
         belief_shape=torch.Size([deter]),
-        device=batched_env.device,
+        device=device,
     )
-    return copy_unbatched_specs(model_env, batched_env)
+    return copy_unbatched_specs(model_env, batched_env).to(device)
