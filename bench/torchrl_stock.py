@@ -15,20 +15,16 @@ from dataclasses import dataclass
 import torch
 from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
-from torch import nn
 from torchrl.modules import RSSMRolloutV3
 from torchrl.objectives import (
-    DreamerV3ActorLoss,
     DreamerV3Loss,
     DreamerV3ModelLoss,
-    DreamerV3ValueLoss,
     SoftUpdate,
-    ValueEstimators,
 )
-from torchrl.trainers.algorithms import DreamerV3Optimizer
 
 from dreamer.actor_critic.actor import make_actor
 from dreamer.actor_critic.critic import make_critic, make_value_mlp
+from dreamer.agent import make_objective
 from dreamer.imagination.model_env import FeatureHead, make_imagination_env
 from dreamer.world_model.networks import (
     ModelSize,
@@ -109,42 +105,20 @@ def build_stock_learner(cfg, env, size: ModelSize) -> StockLearner:
     actor = make_actor(size, action_dim, device)
     critic = make_critic(value_mlp, size).to(device)
     model_env = make_imagination_env(prior, reward_head, two_hot, env, size.stoch, size.deter)
-    continuation = TensorDictModule(
-        FeatureHead(continue_head, nn.Sigmoid()), ["state", "belief"], ["continuation"]
-    )
-    actor_loss = DreamerV3ActorLoss(
+    # Actor, critic, objective and optimizer exactly as ours: the learners differ only in how the
+    # world model runs its sequence (RSSMRolloutV3 here) and in how an update is executed.
+    loss, optimizer, target_updater = make_objective(
+        cfg,
+        size,
+        model_loss,
         actor,
         critic,
         model_env,
-        continuation_model=continuation,
-        imagination_horizon=cfg.imagination_horizon,
-        entropy_bonus=loss_cfg.entropy_bonus,
+        continue_head,
+        (encoder, prior, posterior, decoder, reward_head, continue_head),
+        device,
     )
-    actor_loss.make_value_estimator(
-        ValueEstimators.TDLambda, gamma=loss_cfg.gamma, lmbda=loss_cfg.lmbda
-    )
-    value_loss = DreamerV3ValueLoss(
-        critic,
-        value_loss="two_hot",
-        num_value_bins=size.num_bins,
-        actor_loss=actor_loss,
-        slow_critic_regularization=loss_cfg.slow_critic_regularization,
-    )
-    loss = DreamerV3Loss(model_loss, actor_loss, value_loss).to(device)
-    world = [
-        p
-        for m in (encoder, prior, posterior, decoder, reward_head, continue_head)
-        for p in m.parameters()
-    ]
-    optimizer = DreamerV3Optimizer(
-        [
-            {"params": world},
-            {"params": list(actor.parameters())},
-            {"params": list(value_loss.value_model_params.values(True, True))},
-        ],
-        warmup_steps=0,
-    )
-    return StockLearner(loss, optimizer, SoftUpdate(value_loss, tau=loss_cfg.slow_critic_tau))
+    return StockLearner(loss, optimizer, target_updater)
 
 
 def stock_sequences(sequences: TensorDictBase, size: ModelSize) -> TensorDictBase:

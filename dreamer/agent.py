@@ -131,6 +131,53 @@ def build_agent(cfg, env: EnvBase) -> Agent:
         model_loss.set_keys(
             pixels=[h.target_key for h in heads], reco_pixels=[h.reco_key for h in heads]
         )
+    loss, optimizer, target_updater = make_objective(
+        cfg,
+        size,
+        model_loss,
+        actor,
+        critic,
+        model_env,
+        continue_head,
+        (encoder, prior, posterior, decoder, reward_head, continue_head),
+        device,
+    )
+    policy = make_acting_policy(encoder, prior, posterior, actor, obs_keys)
+    return Agent(
+        size,
+        encoder,
+        prior,
+        posterior,
+        decoder,
+        reward_head,
+        continue_head,
+        value_mlp,
+        world_model,
+        actor,
+        critic,
+        model_env,
+        loss,
+        policy,
+        optimizer,
+        target_updater,
+        obs_keys,
+    )
+
+
+def make_objective(
+    cfg,
+    size: ModelSize,
+    model_loss: DreamerV3ModelLoss,
+    actor: nn.Module,
+    critic: nn.Module,
+    model_env: EnvBase,
+    continue_head: nn.Module,
+    world_modules: tuple[nn.Module, ...],
+    device: torch.device,
+) -> tuple[DreamerV3Loss, DreamerV3Optimizer, SoftUpdate]:
+    """From ``cfg``: actor and critic losses on imagination, the composed DreamerV3 objective on
+    ``device``, its optimizer (world-model, actor and critic groups) and the slow-critic EMA."""
+    loss_cfg = cfg.loss
     continuation = TensorDictModule(
         FeatureHead(continue_head, nn.Sigmoid()),
         in_keys=["state", "belief"],
@@ -169,11 +216,7 @@ def build_agent(cfg, env: EnvBase) -> Agent:
     target_updater = SoftUpdate(value_loss, tau=loss_cfg.slow_critic_tau)
 
     opt = cfg.optim
-    world_params = [
-        p
-        for m in (encoder, prior, posterior, decoder, reward_head, continue_head)
-        for p in m.parameters()
-    ]
+    world_params = [p for m in world_modules for p in m.parameters()]
     optimizer = DreamerV3Optimizer(
         [
             {"params": world_params, "lr": opt.world_model_lr},
@@ -184,23 +227,4 @@ def build_agent(cfg, env: EnvBase) -> Agent:
         warmup_steps=opt.warmup_steps,
         eps=opt.eps,
     )
-    policy = make_acting_policy(encoder, prior, posterior, actor, obs_keys)
-    return Agent(
-        size,
-        encoder,
-        prior,
-        posterior,
-        decoder,
-        reward_head,
-        continue_head,
-        value_mlp,
-        world_model,
-        actor,
-        critic,
-        model_env,
-        loss,
-        policy,
-        optimizer,
-        target_updater,
-        obs_keys,
-    )
+    return loss, optimizer, target_updater
