@@ -16,41 +16,42 @@ class LearnerClock:
 
     def __init__(self, device: torch.device | str):
         self.cuda = torch.device(device).type == "cuda"
-        self.pending: list[tuple] = []
+        self.began = None  # the open update's start: a CUDA event or a host time
+        self.pending: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []  # not yet read
         self.busy_s = 0.0
         self.total_busy_s = 0.0
         self.since = time.perf_counter()
         self.first_update: float | None = None
         self.updates = 0
 
+    def _now(self):
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
     def start(self) -> None:
         if self.first_update is None:
             self.first_update = time.perf_counter()
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.pending.append((event,))
-        else:
-            self.pending.append((time.perf_counter(),))
+        self.began = self._now()
 
     def stop(self) -> None:
-        begin = self.pending.pop()[0]
+        end = self._now()
         if self.cuda:
-            end = torch.cuda.Event(enable_timing=True)
-            end.record()
-            self.pending.append((begin, end))
+            self.pending.append((self.began, end))
         else:
-            elapsed = time.perf_counter() - begin
-            self.busy_s += elapsed
-            self.total_busy_s += elapsed
+            self._add(end - self.began)
         self.updates += 1
+
+    def _add(self, seconds: float) -> None:
+        self.busy_s += seconds
+        self.total_busy_s += seconds
 
     def _flush(self) -> None:
         for begin, end in self.pending:
             end.synchronize()
-            elapsed = begin.elapsed_time(end) / 1e3
-            self.busy_s += elapsed
-            self.total_busy_s += elapsed
+            self._add(begin.elapsed_time(end) / 1e3)
         self.pending.clear()
 
     def busy_fraction(self) -> float:
