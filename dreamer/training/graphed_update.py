@@ -64,10 +64,11 @@ class GraphedUpdate:
             raise ValueError("cuda_graph=True needs the replay sample on a CUDA device.")
         init_optimizer_state(agent.optimizer)
         self.steps = device_step_counters(agent.optimizer)
-        self.static_input = example.select(*self.keys).clone()
         self.static_output: TensorDictBase | None = None
         self.graph: torch.cuda.CUDAGraph | None = None
         if self.cuda_graph:
+            # The graph reads every batch from this buffer; eager updates need no copy.
+            self.static_input = example.select(*self.keys).clone()
             self._capture(warmup_updates)
 
     def _step(self, sequences: TensorDictBase) -> TensorDictBase:
