@@ -17,8 +17,9 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "$VENV/bin/python" -m pip install -q "torch==2.13.0" || "$VENV/bin/python" -m pip install -q "torch>=2.11" --index-url https://download.pytorch.org/whl/cpu
   fi
 fi
-# ray: collector.backend=ray and its test (about 240 MB, 15 s to install)
-"$VENV/bin/python" -m pip install -q -e ".[dev,ray]"
+# ray: collector.backend=ray and its test (about 240 MB, 15 s to install); baselines: rsl_rl's
+# PPO for bench/ppo_rsl_rl.py (pulls onnx and onnxscript, about 40 MB, which it never imports)
+"$VENV/bin/python" -m pip install -q -e ".[dev,ray,baselines]"
 # env.pixels=true on the embedded backend renders with MuJoCo's offscreen OpenGL: OSMesa on CPU
 # machines (EGL through the GPU driver, or Mesa's libegl-mesa0, also works). Installed only when
 # missing and apt-get can run as root; otherwise say what to install.

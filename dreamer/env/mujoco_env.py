@@ -303,3 +303,8 @@ class MujocoBatchedEnv(EnvBase):
     def elapsed_steps(self) -> np.ndarray:
         """Control steps taken in each env's current episode (Isaac's ``episode_length_buf``)."""
         return self._elapsed.copy()
+
+    @elapsed_steps.setter
+    def elapsed_steps(self, steps: np.ndarray) -> None:
+        # Written like Isaac's episode_length_buf, e.g. by rsl_rl to spread the first time-outs.
+        self._elapsed[:] = np.asarray(steps, dtype=np.int64).reshape(self.num_envs)
