@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from conftest import load_config
+from hydra.errors import MissingConfigException
 
-from dreamer.training.config_check import ConfigError, validate_config
+from dreamer.training.config_check import ConfigError, resolve_device, validate_config
+from dreamer.training.loop import indexed_cuda_device
 
 
 def _cfg(*overrides):
@@ -17,8 +20,55 @@ def test_smoke_config_is_valid():
 
 
 def test_unknown_task_lists_known_tasks():
+    with pytest.raises(MissingConfigException, match=r"(?s)task/Isaac-Walker-v9.*Isaac-Ant-v0"):
+        _cfg("task=Isaac-Walker-v9")
+    cfg = _cfg()
+    cfg.task = "Isaac-Walker-v9"  # a config built in code skips Hydra's lookup
     with pytest.raises(ValueError, match=r"Isaac-Ant-v0.*Isaac-Cartpole-v0"):
-        validate_config(_cfg("task=Isaac-Walker-v9"))
+        validate_config(cfg)
+
+
+def test_task_presets_set_the_task_and_its_reward_scale():
+    for task in ("Isaac-Ant-v0", "Isaac-Cartpole-v0"):
+        cfg = load_config(f"task={task}")
+        assert cfg.task == task
+        assert cfg.reward_scale == 60.0  # undoes Isaac Lab's x step_dt (1/60 s) per reward term
+    assert load_config().task == "Isaac-Ant-v0"
+
+
+def test_default_profile_is_the_tuned_one_gpu_run():
+    cfg = load_config("task=Isaac-Ant-v0")
+    validate_config(cfg)
+    assert (cfg.env.num_envs, cfg.batch_size, cfg.batch_length) == (4096, 64, 64)
+    assert cfg.pipeline.mode == "async" and cfg.train_ratio == 3
+    assert cfg.optim.world_model_lr == 1e-4 and cfg.optim.warmup_steps == 100
+    cpu = load_config("task=Isaac-Ant-v0", "profile=cpu")
+    validate_config(cpu)
+    assert (cpu.env.num_envs, cpu.batch_size, cpu.optim.world_model_lr) == (64, 16, 4e-5)
+
+
+def test_device_auto_picks_cuda_only_when_present(monkeypatch):
+    cfg = load_config()
+    assert cfg.device == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    resolve_device(cfg)
+    assert (cfg.device, cfg.env.device, cfg.replay.device) == ("cpu", "cpu", "cpu")
+    cfg = load_config()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    resolve_device(cfg)
+    assert (cfg.device, cfg.env.device) == ("cuda", "cuda")
+
+
+def test_set_device_gets_an_indexed_cuda_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert indexed_cuda_device("cuda") == torch.device("cuda", 3)
+    assert indexed_cuda_device("cuda:1") == torch.device("cuda", 1)
+
+
+@pytest.mark.parametrize("limit", [0, -5])
+def test_time_limit_must_be_positive(limit):
+    with pytest.raises(ConfigError, match="time_limit_s"):
+        validate_config(_cfg(f"time_limit_s={limit}"))
 
 
 def test_unknown_backend():

@@ -28,6 +28,7 @@ STORED_KEYS = (
     ("next", "truncated"),
     ("next", "final_obs_valid"),
 )
+REWARD_KEY = ("next", "reward")
 # False where ("next", "policy") is not the episode's true final observation (an Isaac Lab version
 # without compute_final_obs): the world model skips those reconstruction targets. Envs that always
 # return the true final observation (the embedded MuJoCo backend) do not emit it.
@@ -55,17 +56,23 @@ def make_replay_buffer(
     )
 
 
-def select_for_storage(batch: TensorDictBase, obs_keys: Sequence[str] = ()) -> TensorDictBase:
+def select_for_storage(
+    batch: TensorDictBase, obs_keys: Sequence[str] = (), reward_scale: float = 1.0
+) -> TensorDictBase:
     """Keep only :data:`STORED_KEYS` of a collector batch ``[N, T]``, plus the model's ``obs_keys``.
 
     Camera frames are stored only when the world model reads them (``model.obs_keys``).
     ``("next", "final_obs_valid")`` is filled with ``True`` for envs that do not emit it.
+    The stored ``("next", "reward")`` is multiplied by ``reward_scale``; ``batch`` is unchanged.
     """
     if FINAL_OBS_VALID not in batch.keys(True):
         done = batch.get(("next", "done"))
         batch = batch.clone(False).set(FINAL_OBS_VALID, torch.ones_like(done, dtype=torch.bool))
     extra = [key for key in obs_keys if key not in STORED_KEYS]
-    return batch.select(*STORED_KEYS, *extra, *(("next", key) for key in extra))
+    stored = batch.select(*STORED_KEYS, *extra, *(("next", key) for key in extra))
+    if reward_scale != 1.0:
+        stored.set(REWARD_KEY, stored.get(REWARD_KEY) * reward_scale)
+    return stored
 
 
 def to_sequences(sample: TensorDictBase, batch_length: int) -> TensorDictBase:

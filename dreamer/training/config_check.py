@@ -12,6 +12,12 @@ class ConfigError(ValueError):
     """A config value that cannot work, with the fix in the message."""
 
 
+def resolve_device(cfg: DictConfig) -> None:
+    """``device=auto`` means the current CUDA device when there is one, else the CPU."""
+    if str(cfg.device) == "auto":
+        cfg.device = "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_compile(cfg: DictConfig) -> None:
     """``compile.enabled=auto`` means on for CUDA learners, off on CPU."""
     if str(cfg.compile.enabled) == "auto":
@@ -66,6 +72,10 @@ def validate_config(cfg: DictConfig) -> None:
             raise ConfigError(f"{name} must be a positive integer, got {value}.")
     if cfg.train_ratio < 0:
         raise ConfigError(f"train_ratio must be >= 0, got {cfg.train_ratio}.")
+    if cfg.get("time_limit_s") is not None and float(cfg.time_limit_s) <= 0:
+        raise ConfigError(
+            f"time_limit_s must be a positive number of seconds or null, got {cfg.time_limit_s}."
+        )
     num_envs, fpb = int(cfg.env.num_envs), int(cfg.collector.frames_per_batch)
     if fpb % num_envs:
         raise ConfigError(

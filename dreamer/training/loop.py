@@ -25,6 +25,7 @@ from dreamer.training.checkpoint import save_checkpoint
 from dreamer.training.config_check import (
     fit_devices_to_visible_gpus,
     resolve_compile,
+    resolve_device,
     validate_config,
 )
 from dreamer.training.distributed import (
@@ -65,6 +66,14 @@ def make_training_env(cfg: DictConfig):
     return add_acting_state(env, model_size_from_config(cfg.model), env.action_spec.shape[-1])
 
 
+def indexed_cuda_device(device: str) -> torch.device:
+    """``cuda`` -> ``cuda:<current>``: ``torch.cuda.set_device`` rejects a CUDA device without index."""
+    device = torch.device(device)
+    if device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
+
+
 def log_open_loop_figure(logger: TensorBoardLogger, agent, sequences, task: str, step: int) -> None:
     """Log the open-loop prediction figure for one replay row that holds a single segment."""
     whole = ~sequences["is_init"].reshape(sequences.shape)[:, 1:].any(-1)
@@ -83,9 +92,10 @@ def train(cfg: DictConfig) -> dict:
     """Run DreamerV3 as configured; returns final counters and the last logged metrics.
 
     SIGINT/SIGTERM stop it after the current update with a final checkpoint (``stopped_by``
-    names the signal). A non-finite loss or gradient raises
+    names the signal); so does ``time_limit_s`` (``stopped_by="time_limit_s"``). A non-finite loss or gradient raises
     :class:`~dreamer.training.update.NonFiniteLossError` and leaves the last good checkpoint.
     """
+    resolve_device(cfg)
     resolve_compile(cfg)
     for change in fit_devices_to_visible_gpus(cfg):
         log.warning("falling back to one GPU: %s", change)
@@ -93,7 +103,9 @@ def train(cfg: DictConfig) -> dict:
     if torch.device(cfg.device).type == "cuda":
         # The learner's device is the current one (graph capture, timing events); the env and
         # the acting copy may live on another GPU (pipeline.acting_device).
-        torch.cuda.set_device(torch.device(cfg.device))
+        torch.cuda.set_device(indexed_cuda_device(cfg.device))
+        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.learner.tf32)
+        torch.backends.cudnn.allow_tf32 = bool(cfg.learner.tf32)
     resume_state = read_resume_checkpoint(cfg) if cfg.resume is not None else None
     rank = init_distributed(cfg)  # per-rank device and seed; rank 0 alone writes files
     torch.manual_seed(int(cfg.seed))
@@ -171,13 +183,16 @@ def train(cfg: DictConfig) -> dict:
         dynamic_ncols=True,
     )
     stop = StopOnSignal()
+    time_limit = float(cfg.time_limit_s) if cfg.get("time_limit_s") is not None else None
+    out_of_time = False
+    started = time.perf_counter()  # the wall clock of the curves: env and agent are built
     try:
         with stop:
             for batch in collector:
                 n_new = batch.numel()
                 frames += n_new
                 collected_this_run += n_new
-                replay.extend(select_for_storage(batch, agent.obs_keys))
+                replay.extend(select_for_storage(batch, agent.obs_keys, float(cfg.reward_scale)))
                 episode = finished_episode_stats(batch)
                 if episode:
                     logger.log(episode, frames)
@@ -215,6 +230,7 @@ def train(cfg: DictConfig) -> dict:
                 now = time.perf_counter()
                 logger.log(
                     {
+                        "time/elapsed_s": now - started,
                         "perf/env_steps_per_s": (frames - last_frames) / (now - last_time),
                         "perf/updates_per_s": (updates - last_updates) / (now - last_time),
                         "perf/updates": updates,
@@ -227,7 +243,8 @@ def train(cfg: DictConfig) -> dict:
                     evaluator.step(agent.policy, updates, frames, logger)
                 bar.update(n_new)
                 bar.set_postfix(updates=updates, ret=episode.get("episode/return", float("nan")))
-                if stop.requested:
+                out_of_time = time_limit is not None and now - started >= time_limit
+                if stop.requested or out_of_time:
                     break
             if evaluator is not None:
                 evaluator.close(agent.policy, updates, frames, logger)
@@ -259,5 +276,5 @@ def train(cfg: DictConfig) -> dict:
         "world_model_loss": history,
         "weight_syncs": getattr(collector, "weight_syncs", 0),
         "perf": clock.summary(frames - frames_at_first_update),
-        "stopped_by": stop.received,
+        "stopped_by": stop.received or ("time_limit_s" if out_of_time else None),
     }
