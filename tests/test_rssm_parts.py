@@ -103,7 +103,8 @@ def test_parts_are_the_cells_own_parameters():
     assert parts.posterior.belief_weight.data_ptr() == first.data_ptr()
     assert parts.posterior.embed_weight.untyped_storage().data_ptr() == first.data_ptr()
     assert parts.posterior.embed_weight.shape == (SIZE.hidden, SIZE.units)
-    assert parts.prior.gates is prior.rnn.gates
+    assert parts.prior.gates_weight is prior.rnn.gates.weight
+    assert parts.prior.hidden_bias is prior.rnn.hidden_layers[0].bias
     assert parts.prior.head is prior.rnn_to_prior_projector
 
 
@@ -122,3 +123,31 @@ def test_a_plain_gru_prior_is_refused():
     prior = RSSMPriorV3(action_shape=(2,), action_dim=2, hidden_dim=4, rnn_hidden_dim=4)
     with pytest.raises(ValueError, match="block_gru"):
         rssm_parts(prior)
+
+
+def test_a_deeper_block_gru_is_refused():
+    prior = RSSMPriorV3(
+        action_shape=(2,),
+        action_dim=2,
+        hidden_dim=4,
+        rnn_hidden_dim=4,
+        recurrent_model="block_gru",
+        num_blocks=2,
+        num_layers=2,
+    )
+    with pytest.raises(ValueError, match="one hidden layer"):
+        rssm_parts(prior)
+
+
+def test_leading_dims_are_kept():
+    prior, _ = _cells()
+    state, belief, action, _ = _inputs(6)
+    parts = rssm_parts(prior).prior
+    flat = gru_step(parts, state, belief, action_features(parts, action))
+    grid = gru_step(
+        parts,
+        state.reshape(2, 3, -1),
+        belief.reshape(2, 3, -1),
+        action_features(parts, action.reshape(2, 3, -1)),
+    )
+    torch.testing.assert_close(grid, flat.reshape(2, 3, -1), rtol=1e-6, atol=1e-6)

@@ -26,8 +26,11 @@ class PriorParts:
     belief_projection: nn.Module
     state_projection: nn.Module
     action_projection: nn.Module
-    hidden_layers: nn.Module
-    gates: nn.Module
+    hidden_weight: torch.Tensor  # block-linear weight [blocks, in / blocks, deter / blocks]
+    hidden_bias: torch.Tensor
+    hidden_rest: nn.Module  # the RMS norm and SiLU after the hidden block-linear layer
+    gates_weight: torch.Tensor  # block-linear weight [blocks, deter / blocks, 3 * deter / blocks]
+    gates_bias: torch.Tensor
     num_blocks: int
     deter: int
     action_dim: int
@@ -59,20 +62,26 @@ class RSSMParts:
 
 
 def rssm_parts(prior: RSSMPriorV3, posterior: RSSMPosteriorV3 | None = None) -> RSSMParts:
-    """Read the sub-networks out of TorchRL's V3 cells (the block-GRU prior only).
+    """Read the sub-networks out of TorchRL's V3 cells (block-GRU prior with one hidden layer).
 
-    The posterior's first layer reads ``cat([belief, embed])``; its weight is split into the
-    belief and embedding columns as views of the same parameter.
+    The block-linear layers are read as their weight and bias, so the step can fold the bias into
+    the batched matmul. The posterior's first layer reads ``cat([belief, embed])``; its weight is
+    split into the belief and embedding columns as views of the same parameter.
     """
     if prior.recurrent_model != "block_gru":
         raise ValueError(f"the fast RSSM needs a block_gru prior, got {prior.recurrent_model!r}")
     rnn = prior.rnn
+    if len(rnn.hidden_layers) != 3:
+        raise ValueError("the fast RSSM needs a block GRU with one hidden layer (num_layers=1)")
     prior_parts = PriorParts(
         belief_projection=rnn.belief_projection,
         state_projection=rnn.state_projection,
         action_projection=rnn.action_projection,
-        hidden_layers=rnn.hidden_layers,
-        gates=rnn.gates,
+        hidden_weight=rnn.hidden_layers[0].weight,
+        hidden_bias=rnn.hidden_layers[0].bias,
+        hidden_rest=rnn.hidden_layers[1:],
+        gates_weight=rnn.gates.weight,
+        gates_bias=rnn.gates.bias,
         num_blocks=rnn.num_blocks,
         deter=prior.rnn_hidden_dim,
         action_dim=rnn.action_projection[0].in_features,
