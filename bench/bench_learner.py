@@ -19,7 +19,10 @@ Usage::
         --json out.json
 
 Prints one table row per run; ``--profile`` adds a CUDA kernel-time vs wall-time breakdown of the
-first graphed run.
+first graphed run. ``--count-ops`` times nothing: it counts the ATen ops of one update of each
+``ours_*`` run (the graph learner's step function run eagerly; a device-free proxy for the
+kernels per update), e.g. ``python bench/bench_learner.py --device cpu --count-ops --runs
+16x64:ours_graph``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from hydra import compose, initialize_config_dir  # noqa: E402
+from op_count import count_ops, summary  # noqa: E402
 from torchrl_stock import build_stock_learner, stock_sequences  # noqa: E402
 
 from dreamer.agent import build_agent  # noqa: E402
@@ -200,6 +204,21 @@ def profile_update(update, inputs, device) -> dict:
     }
 
 
+def count_update_ops(variant: str, batch: int, steps: int, args) -> str:
+    """ATen ops of one update of ``variant`` (an ``ours_*`` one), after one uncounted update."""
+    torch.manual_seed(0)
+    cfg = make_cfg(args.model, args.device, False, args.horizon)
+    env = make_training_env(cfg)
+    obs_dim = env.observation_spec["policy"].shape[-1]
+    action_dim = env.action_spec.shape[-1]
+    sample = random_sequences(batch, steps, obs_dim, action_dim, torch.device(args.device))
+    update = GraphedUpdate(
+        build_agent(cfg, env), sample, cuda_graph=False, mixed_precision="bf16" in variant
+    )
+    update(sample)  # creates the optimizer state, as the graph's warm-up does
+    return summary(count_ops(lambda: update(sample)))
+
+
 def scan_host_syncs(args) -> list[str]:
     """Run one eager update of ours under CUDA sync-debug mode; list where the host waits.
 
@@ -252,6 +271,9 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--scan-syncs", action="store_true", help="list host syncs first")
+    parser.add_argument(
+        "--count-ops", action="store_true", help="count ATen ops per update instead of timing"
+    )
     args = parser.parse_args()
     args._profiled = False
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -260,6 +282,14 @@ def main() -> None:
         syncs = scan_host_syncs(args)
         print(f"host syncs in one eager update: {len(syncs)} places")
         print("\n".join(syncs), flush=True)
+    if args.count_ops:
+        for run in args.runs:
+            shape, variants = run.split(":")
+            batch, steps = (int(x) for x in shape.split("x"))
+            for variant in (v for v in variants.split(",") if v.startswith("ours")):
+                print(f"{variant} {shape} on {args.device}, model {args.model}:", flush=True)
+                print(count_update_ops(variant, batch, steps, args), flush=True)
+        return
     rows = []
     for run in args.runs:
         shape, variants = run.split(":")

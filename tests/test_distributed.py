@@ -1,10 +1,10 @@
 """Data-parallel learner: two gloo ranks on CPU against a single process on the combined batch.
 
-Sampling noise: the RSSM posterior draws its categorical latents with ``torch.rand`` of the
-batch's shape at every step, so a ``2B`` batch in one process and two ``B`` batches on two ranks
-can never draw the same numbers, whatever the seeds. The gradient-equivalence check therefore
-swaps the posterior's sample for its straight-through *mode* (same logits, same gradient path,
-no noise) and compares the world-model loss and its gradients only: the actor and critic losses
+Sampling noise: the RSSM filter draws its categorical latents with Gumbel-max noise of the
+batch's shape, so a ``2B`` batch in one process and two ``B`` batches on two ranks can never
+draw the same numbers, whatever the seeds. The gradient-equivalence check therefore gives every
+class the same noise, which turns the posterior's sample into its straight-through *mode* (same
+logits, same gradient path, no noise), and compares the world-model loss and its gradients only: the actor and critic losses
 go through imagination, which samples actions and latents again, and the actor's return
 normaliser takes percentiles per batch (not a mean), so those are not expected to match a
 combined batch. The full update (all three losses, real sampling, different data per rank) is
@@ -17,15 +17,14 @@ import os
 import socket
 import subprocess
 import sys
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import ROOT, load_config
 from tensordict import TensorDict
-from torch import nn
 
 B, T = 2, 8  # per-rank batch; the combined batch is 2B rows
 
@@ -60,20 +59,18 @@ def _batch(rows: int, seed: int) -> TensorDict:
     )
 
 
-class ModeLatents(nn.Module):
-    """The posterior with its categorical sample replaced by the straight-through mode."""
+@contextmanager
+def mode_latents():
+    """The filter's latent samples become the straight-through mode: with the same Gumbel-max
+    noise for every class, the sample is the most probable class."""
+    from dreamer.world_model import rssm
 
-    def __init__(self, posterior: nn.Module):
-        super().__init__()
-        self.inner = posterior
-        self.num_categoricals = posterior.num_categoricals
-        self.num_classes = posterior.num_classes
-
-    def forward(self, belief, embedding):
-        logits, _ = self.inner(belief, embedding)
-        probs = logits.softmax(-1)
-        mode = F.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs)
-        return logits, (probs + (mode - probs).detach()).flatten(-2)
+    real = rssm.race_noise
+    rssm.race_noise = lambda shape, like: torch.ones(shape, device=like.device)
+    try:
+        yield
+    finally:
+        rssm.race_noise = real
 
 
 def _agent(cfg):
@@ -94,15 +91,11 @@ def _world_model_grads(agent, batch: TensorDict):
     """World-model loss (mode latents) on ``batch``; returns (loss, grads of the WM params)."""
     from dreamer.training.update import loss_terms
 
-    real = agent.world_model.posterior
-    agent.world_model.posterior = ModeLatents(real)
-    try:
+    with mode_latents():
         losses, _ = agent.loss.model_loss(batch)
-        total = sum(v.sum() for v in loss_terms(losses).values())
-        agent.optimizer.zero_grad(set_to_none=True)
-        total.backward()
-    finally:
-        agent.world_model.posterior = real
+    total = sum(v.sum() for v in loss_terms(losses).values())
+    agent.optimizer.zero_grad(set_to_none=True)
+    total.backward()
     params = agent.optimizer.param_groups[0]["params"]
     return total.detach(), params
 

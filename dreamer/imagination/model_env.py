@@ -14,19 +14,25 @@ from torch import nn
 from torchrl.data import Composite
 from torchrl.envs import EnvBase
 from torchrl.envs.model_based.dreamer import DreamerEnv
-from torchrl.modules import WorldModelWrapper
+from torchrl.modules import RSSMPriorV3, WorldModelWrapper
+
+from dreamer.world_model.rssm_parts import rssm_parts
+from dreamer.world_model.rssm_step import imagine_step
 
 
 class PriorStep(nn.Module):
-    """One imagined step: the prior's sampled next state and belief (logits dropped)."""
+    """One imagined step: the prior's sampled next state and belief (logits dropped).
 
-    def __init__(self, prior: nn.Module):
+    It computes what ``prior(state, belief, action)`` computes, sampling by Gumbel-max instead of
+    TorchRL's cumsum (:func:`dreamer.world_model.rssm_step.imagine_step`).
+    """
+
+    def __init__(self, prior: RSSMPriorV3):
         super().__init__()
         self.prior = prior
 
     def forward(self, state, belief, action):
-        _, state, belief = self.prior(state, belief, action)
-        return state, belief
+        return imagine_step(rssm_parts(self.prior).prior, state, belief, action)
 
 
 class FeatureHead(nn.Module):

@@ -8,6 +8,13 @@ one step late, a mismatch with what the policy sees when it acts. :func:`observe
 every segment exactly as the acting filter starts an episode, so the two paths agree (a test pins
 this), and a segment start is any ``is_init`` row: a real episode start or a join between two
 sampled slices that truncation and reshaping put in the same row. No state crosses such a join.
+
+The filter is built from :mod:`dreamer.world_model.rssm_step` rather than the cells' ``forward``
+so that everything that does not depend on the recurrence runs once on all ``T`` steps: the
+action branch of the GRU and the embedding half of the posterior's first layer before the loop,
+the prior head after it (the filter never samples the prior), and all latent-sample noise in one
+draw. On a GPU the update is bound by its number of kernels (docs/benchmarks.md), and this takes
+several per step out of the 64-step chain and its backward pass.
 """
 
 from __future__ import annotations
@@ -15,16 +22,16 @@ from __future__ import annotations
 import torch
 from torchrl.modules import RSSMPosteriorV3, RSSMPriorV3
 
-
-def initial_belief(
-    prior: RSSMPriorV3, like: torch.Tensor, action_dim: int, stoch: int
-) -> torch.Tensor:
-    """``h0 = GRU(0, 0, 0)``: the belief at the first step of an episode, shape ``[1, deter]``."""
-    zeros_state = like.new_zeros(1, stoch)
-    zeros_belief = like.new_zeros(1, prior.rnn_hidden_dim)
-    zeros_action = like.new_zeros(1, action_dim)
-    _, _, belief = prior(zeros_state, zeros_belief, zeros_action)
-    return belief
+from dreamer.world_model.rssm_parts import rssm_parts
+from dreamer.world_model.rssm_step import (
+    action_features,
+    embed_term,
+    gru_step,
+    initial_belief,
+    posterior_logits,
+    prior_logits,
+)
+from dreamer.world_model.sampling import race_noise, straight_through_sample
 
 
 def observe_sequence(
@@ -34,6 +41,7 @@ def observe_sequence(
     embed_next: torch.Tensor,
     action: torch.Tensor,
     is_init: torch.Tensor,
+    noise: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Filter ``[B, T]`` sequences in TorchRL's layout (row ``t``: ``x_t``, ``a_t``, ``x_{t+1}``).
 
@@ -43,36 +51,46 @@ def observe_sequence(
         embed_next: encoder output for ``x_{t+1}``, ``[B, T, E]``.
         action: ``a_t``, ``[B, T, A]``.
         is_init: ``[B, T]`` or ``[B, T, 1]`` bool; row 0 is always treated as a segment start.
+        noise: the latent samples' :func:`~dreamer.world_model.sampling.race_noise`,
+            ``[2, B, T, C, K]`` (``[0]``: segment-start states, ``[1]``: the filtered states);
+            drawn here when not given.
 
     Returns:
         ``prior_logits`` / ``posterior_logits`` ``[B, T, C, K]``, ``state`` ``[B, T, C*K]`` and
         ``belief`` ``[B, T, deter]`` for step ``t + 1``.
     """
+    parts = rssm_parts(prior, posterior)
+    cell, post = parts.prior, parts.posterior
     batch, steps = action.shape[:2]
-    reset = is_init.reshape(batch, steps, 1).clone()
-    reset[:, 0] = True
-    stoch = posterior.num_categoricals * posterior.num_classes
-    h0 = initial_belief(prior, embed_next, action.shape[-1], stoch)
+    if noise is None:
+        noise = race_noise((2, batch, steps, post.num_categoricals, post.num_classes), embed_next)
+    starts = is_init.reshape(batch, steps, 1).unbind(1)
+    h0 = initial_belief(cell, embed_next)
     # One batched posterior call gives the segment-start state for every row at once.
-    _, z0 = posterior(h0.reshape(1, 1, -1).expand(batch, steps, -1), embed_root)
-    h0 = h0.expand(batch, -1)
+    z0_logits = posterior_logits(post, h0, embed_term(post, embed_root))
+    z0 = straight_through_sample(z0_logits, post.unimix, noise[0]).flatten(-2).unbind(1)
+    # Inputs of every step, computed for all steps at once; unbind (not indexing) so the
+    # backward pass gathers each one's gradient with one stack instead of a copy per step.
+    step_actions = action_features(cell, action).unbind(1)
+    step_embeds = embed_term(post, embed_next).unbind(1)
+    step_noise = noise[1].unbind(1)
 
-    state = z0[:, 0]
-    belief = h0
-    prior_logits, post_logits, states, beliefs = [], [], [], []
+    state, belief = z0[0], h0.expand(batch, -1)
+    post_logits, states, beliefs = [], [], []
     for t in range(steps):
-        start = reset[:, t]
-        state = torch.where(start, z0[:, t], state)
-        belief = torch.where(start, h0, belief)
-        logits_prior, _, belief = prior(state, belief, action[:, t])
-        logits_post, state = posterior(belief, embed_next[:, t])
-        prior_logits.append(logits_prior)
-        post_logits.append(logits_post)
+        if t:  # row 0 always starts a segment: z0 and h0 are already in place
+            state = torch.where(starts[t], z0[t], state)
+            belief = torch.where(starts[t], h0, belief)
+        belief = gru_step(cell, state, belief, step_actions[t])
+        logits = posterior_logits(post, belief, step_embeds[t])
+        state = straight_through_sample(logits, post.unimix, step_noise[t]).flatten(-2)
+        post_logits.append(logits)
         states.append(state)
         beliefs.append(belief)
+    belief = torch.stack(beliefs, 1)
     return {
-        "prior_logits": torch.stack(prior_logits, 1),
+        "prior_logits": prior_logits(cell, belief),
         "posterior_logits": torch.stack(post_logits, 1),
         "state": torch.stack(states, 1),
-        "belief": torch.stack(beliefs, 1),
+        "belief": belief,
     }

@@ -1,0 +1,111 @@
+"""One RSSM step recomposed from TorchRL's sub-networks, split so the filter can hoist work.
+
+Each function is the matching piece of ``RSSMPriorV3``/``RSSMPosteriorV3.forward`` with the same
+ops in the same order, except where a piece is split to run on every step at once:
+
+* :func:`action_features` is the block GRU's action branch; it reads only the action, so the
+  filter runs it on all ``T`` steps in one call;
+* :func:`embed_term` is the embedding half of the posterior's first layer, plus its bias (one
+  GEMM for all steps); :func:`posterior_logits` adds the belief half inside the loop. Splitting
+  the sum reassociates it, so the logits agree with TorchRL's to float rounding, not bitwise;
+* :func:`prior_logits` is the prior head; the filter needs no prior sample, so it runs once on
+  all ``T`` beliefs after the loop.
+
+``tests/test_rssm_parts.py`` checks every piece against TorchRL's ``forward``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dreamer.world_model.rssm_parts import PosteriorParts, PriorParts
+from dreamer.world_model.sampling import race_noise, straight_through_sample
+
+# TorchRL's block GRU adds this to the update gate's pre-activation (DreamerV3's value).
+UPDATE_BIAS = -1.0
+
+
+def action_features(parts: PriorParts, action: torch.Tensor) -> torch.Tensor:
+    """The block GRU's action branch for actions of any leading shape: ``[..., A] -> [..., H]``."""
+    if not action.is_floating_point():  # one-hot action specs give bool actions
+        action = action.to(torch.get_default_dtype())
+    action = action / action.detach().abs().clamp_min(1)
+    return parts.action_projection(action)
+
+
+def block_linear(value: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """TorchRL's block-linear layer, left block-major: ``[N, blocks * i] -> [blocks, N, o]``.
+
+    The bias is added inside the batched matmul, and moving the blocks back to ``[N, blocks * o]``
+    is left to the caller, which can often skip it.
+    """
+    blocks, _, block_out = weight.shape
+    value = value.unflatten(-1, (blocks, -1)).transpose(0, 1)
+    # Parameters in the activation dtype, as TorchRL does: a bf16 recurrence stays bf16.
+    bias = bias.to(value.dtype).view(blocks, 1, block_out)
+    return torch.baddbmm(bias, value, weight.to(value.dtype))
+
+
+def gru_step(
+    parts: PriorParts, state: torch.Tensor, belief: torch.Tensor, action_feature: torch.Tensor
+) -> torch.Tensor:
+    """Next belief ``[..., deter]`` from ``state``, ``belief`` and :func:`action_features`.
+
+    The gate arithmetic runs on block-major views of the gate outputs, and the update
+    ``u * c + (1 - u) * h`` is computed as ``h + u * (c - h)``: the same numbers up to rounding,
+    in fewer kernels than TorchRL's flattened copies.
+    """
+    blocks, leading = parts.num_blocks, belief.shape[:-1]
+    state, belief, action_feature = (x.flatten(0, -2) for x in (state, belief, action_feature))
+    features = torch.cat(
+        [parts.belief_projection(belief), parts.state_projection(state), action_feature], -1
+    )
+    grouped = belief.unflatten(-1, (blocks, -1))
+    repeated = features.unsqueeze(-2).expand(*features.shape[:-1], blocks, -1)
+    hidden = torch.cat([grouped, repeated], -1).flatten(-2)
+    hidden = block_linear(hidden, parts.hidden_weight, parts.hidden_bias).transpose(0, 1)
+    hidden = parts.hidden_rest(hidden.flatten(-2))
+    gates = block_linear(hidden, parts.gates_weight, parts.gates_bias).transpose(0, 1)
+    reset, candidate, update = gates.unflatten(-1, (3, -1)).unbind(-2)
+    candidate = (reset.sigmoid() * candidate).tanh()
+    update = (update + UPDATE_BIAS).sigmoid()
+    return torch.addcmul(grouped, update, candidate - grouped).reshape(*leading, -1)
+
+
+def initial_belief(parts: PriorParts, like: torch.Tensor) -> torch.Tensor:
+    """``h0 = GRU(0, 0, 0)``: the belief at the first step of an episode, shape ``[1, deter]``."""
+    stoch = parts.num_categoricals * parts.num_classes
+    action = action_features(parts, like.new_zeros(1, parts.action_dim))
+    return gru_step(parts, like.new_zeros(1, stoch), like.new_zeros(1, parts.deter), action)
+
+
+def prior_logits(parts: PriorParts, belief: torch.Tensor) -> torch.Tensor:
+    """Prior logits ``[..., C, K]`` of beliefs ``[..., deter]``."""
+    return parts.head(belief).unflatten(-1, (parts.num_categoricals, parts.num_classes))
+
+
+def embed_term(parts: PosteriorParts, embed: torch.Tensor) -> torch.Tensor:
+    """The embedding half of the posterior's first layer, bias included: ``[..., E] -> [..., H]``."""
+    return F.linear(embed, parts.embed_weight, parts.bias)
+
+
+def posterior_logits(
+    parts: PosteriorParts, belief: torch.Tensor, embedding_term: torch.Tensor
+) -> torch.Tensor:
+    """Posterior logits ``[..., C, K]`` from a belief and the :func:`embed_term` of its embedding."""
+    if belief.dim() == 2 and embedding_term.dim() == 2:
+        hidden = torch.addmm(embedding_term, belief, parts.belief_weight.t())
+    else:
+        hidden = embedding_term + F.linear(belief, parts.belief_weight)
+    return parts.rest(hidden).unflatten(-1, (parts.num_categoricals, parts.num_classes))
+
+
+def imagine_step(
+    parts: PriorParts, state: torch.Tensor, belief: torch.Tensor, action: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One imagined step: the prior's sampled next state and its belief (``RSSMPriorV3.forward``)."""
+    belief = gru_step(parts, state, belief, action_features(parts, action))
+    logits = prior_logits(parts, belief)
+    sample = straight_through_sample(logits, parts.unimix, race_noise(logits.shape, logits))
+    return sample.flatten(-2), belief
