@@ -44,11 +44,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
 from op_count import count_ops, summary  # noqa: E402
 from torchrl_stock import build_stock_learner, stock_sequences  # noqa: E402
 
 from dreamer.agent import build_agent  # noqa: E402
+from dreamer.config import load_config  # noqa: E402
 from dreamer.training.config_check import resolve_compile  # noqa: E402
 from dreamer.training.graphed_update import GraphedUpdate  # noqa: E402
 from dreamer.training.loop import make_training_env  # noqa: E402
@@ -80,16 +80,7 @@ def random_sequences(batch: int, steps: int, obs_dim: int, action_dim: int, devi
 
 
 def make_cfg(model: str, device: str, compiled: bool, horizon: int):
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose(
-            "config",
-            overrides=[
-                f"model={model}",
-                f"device={device}",
-                "env.num_envs=4",
-                "env.backend=mujoco",
-            ],
-        )
+    cfg = load_config(f"model={model}", f"device={device}", "env.num_envs=4", "env.backend=mujoco")
     cfg.compile.enabled = compiled
     cfg.imagination_horizon = horizon
     resolve_compile(cfg)

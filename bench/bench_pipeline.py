@@ -22,8 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-
+from dreamer.config import load_config  # noqa: E402
 from dreamer.training.loop import train  # noqa: E402
 
 
@@ -49,8 +48,7 @@ def run(mode: str, args) -> dict:
         "log.image_every_updates=1000000000",
         "checkpoint.every_updates=1000000000",
     ]
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=overrides)
+    cfg = load_config(*overrides)
     with tempfile.TemporaryDirectory() as logdir:
         cfg.logdir = logdir
         result = train(cfg)

@@ -11,7 +11,8 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
-from hydra import compose, initialize_config_dir
+
+from dreamer.config import load_config  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,12 +34,6 @@ def execute_notebook(name: str) -> list:
         resources={"metadata": {"path": str(ROOT / "notebooks")}},
     ).execute()
     return [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
-
-
-def load_config(*overrides: str):
-    """The project's Hydra config with ``overrides`` applied, as the CLI would compose it."""
-    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
 
 
 @pytest.fixture

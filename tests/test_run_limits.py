@@ -50,3 +50,21 @@ def test_time_limit_stops_the_run_with_a_checkpoint(tmp_path, monkeypatch):
     elapsed = read_scalars(tmp_path / "tensorboard", ["time/elapsed_s"])["time/elapsed_s"]
     assert [step for step, _ in elapsed] == sorted(step for step, _ in elapsed)
     assert 0 < elapsed[-1][1] < 60  # seconds of training, not a timestamp
+
+
+def test_time_limit_cuts_a_long_update_loop_short(tmp_path):
+    # 256 frames x train_ratio 512 / (4 x 16) = 2,048 updates owed by one collection: minutes on
+    # this CPU, so the limit must be checked between updates, not only between collections.
+    cfg = load_config(
+        "task=Isaac-Cartpole-v0",
+        "profile=smoke",
+        f"logdir={tmp_path}",
+        "collector.init_random_frames=256",
+        "train_ratio=512",
+        "time_limit_s=3",
+        "log.progress_bar=false",
+    )
+    result = train(cfg)
+    assert result["stopped_by"] == "time_limit_s"
+    assert 0 < result["updates"] < 2048
+    assert result["frames"] == 256

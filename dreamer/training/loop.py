@@ -7,6 +7,7 @@ import logging
 import time
 from contextlib import nullcontext
 from functools import partial
+from math import inf
 from pathlib import Path
 
 import torch
@@ -92,8 +93,9 @@ def train(cfg: DictConfig) -> dict:
     """Run DreamerV3 as configured; returns final counters and the last logged metrics.
 
     SIGINT/SIGTERM stop it after the current update with a final checkpoint (``stopped_by``
-    names the signal); so does ``time_limit_s`` (``stopped_by="time_limit_s"``). A non-finite loss or gradient raises
-    :class:`~dreamer.training.update.NonFiniteLossError` and leaves the last good checkpoint.
+    names the signal); so does ``time_limit_s`` (``stopped_by="time_limit_s"``). A non-finite
+    loss or gradient raises :class:`~dreamer.training.update.NonFiniteLossError` and leaves the
+    last good checkpoint.
     """
     resolve_device(cfg)
     resolve_compile(cfg)
@@ -183,9 +185,10 @@ def train(cfg: DictConfig) -> dict:
         dynamic_ncols=True,
     )
     stop = StopOnSignal()
-    time_limit = float(cfg.time_limit_s) if cfg.get("time_limit_s") is not None else None
     out_of_time = False
     started = time.perf_counter()  # the wall clock of the curves: env and agent are built
+    # Checked between updates too: one collection's updates can take minutes on a CPU.
+    deadline = started + float(cfg.time_limit_s) if cfg.get("time_limit_s") is not None else inf
     try:
         with stop:
             for batch in collector:
@@ -198,7 +201,7 @@ def train(cfg: DictConfig) -> dict:
                     logger.log(episode, frames)
                 if collected_this_run >= init_frames:
                     owed += n_new * updates_per_frame
-                    while owed >= 1.0 and not stop.requested:
+                    while owed >= 1.0 and not stop.requested and time.perf_counter() < deadline:
                         owed -= 1.0
                         sequences = sample_sequences(
                             replay, int(cfg.batch_size), int(cfg.batch_length), cfg.device
@@ -243,7 +246,7 @@ def train(cfg: DictConfig) -> dict:
                     evaluator.step(agent.policy, updates, frames, logger)
                 bar.update(n_new)
                 bar.set_postfix(updates=updates, ret=episode.get("episode/return", float("nan")))
-                out_of_time = time_limit is not None and now - started >= time_limit
+                out_of_time = now >= deadline
                 if stop.requested or out_of_time:
                     break
             if evaluator is not None:
