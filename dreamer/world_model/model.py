@@ -15,7 +15,7 @@ from torch import nn
 
 from dreamer.world_model.networks import ModelSize, symlog
 from dreamer.world_model.observations import HEADS, VECTOR_KEY, as_tuple
-from dreamer.world_model.rssm import observe_sequence
+from dreamer.world_model.rssm import observe_sequence, prior_where_next_obs_invalid
 
 OBS_KEY = VECTOR_KEY
 SYMLOG_TARGET_KEY = HEADS[VECTOR_KEY].target_key
@@ -80,16 +80,18 @@ class WorldModel(TensorDictModuleBase):
             action=tensordict.get("action"),
             is_init=tensordict.get("is_init"),
         )
+        nxt = tensordict.get("next")
+        valid = nxt.get("final_obs_valid", None)
+        if valid is not None:
+            outputs = prior_where_next_obs_invalid(outputs, valid, self.prior.unimix)
         feature = torch.cat([outputs["state"], outputs["belief"]], -1)
         reward_logits = self.reward_head(feature)
-        nxt = tensordict.get("next")
         for key, value in outputs.items():
             nxt.set(key, value)
         # Where the env could not give the true final obs (final_obs_valid False), the target is
         # the next episode's first obs: replace it by the detached prediction so that row's
         # reconstruction error, and its gradient, are exactly zero. (Vector targets only: a
         # camera head's target is the stored frame itself.)
-        valid = nxt.get("final_obs_valid", None)
         recos = as_tuple(self.decoder(feature))
         for head, value, reco in zip(self.heads, next_obs, recos, strict=True):
             if head.target_key != head.obs_key:

@@ -94,3 +94,29 @@ def observe_sequence(
         "state": torch.stack(states, 1),
         "belief": belief,
     }
+
+
+def prior_where_next_obs_invalid(
+    outputs: dict[str, torch.Tensor], valid: torch.Tensor, unimix: float
+) -> dict[str, torch.Tensor]:
+    """Use the prior at rows whose ``x_{t+1}`` is not the true observation.
+
+    Where an env cannot give the final observation of an episode (``final_obs_valid`` False),
+    ``x_{t+1}`` is the next episode's first one. Such a row ends its episode, so the next row
+    restarts the filter and the row's state reaches only its own heads and KL: taking the state
+    from the prior there (and the posterior logits equal to the prior's, a KL of zero) keeps the
+    reset observation out of the model without touching the recurrence.
+
+    Args:
+        outputs: :func:`observe_sequence`'s result.
+        valid: ``[B, T]`` or ``[B, T, 1]`` bool, False where ``x_{t+1}`` is not the true one.
+        unimix: the prior's uniform mixture weight.
+    """
+    prior = outputs["prior_logits"]
+    keep = valid.reshape(*prior.shape[:2], 1, 1)
+    prior_state = straight_through_sample(prior, unimix, race_noise(prior.shape, prior))
+    return {
+        **outputs,
+        "posterior_logits": torch.where(keep, outputs["posterior_logits"], prior),
+        "state": torch.where(keep.flatten(-2), outputs["state"], prior_state.flatten(-2)),
+    }

@@ -70,3 +70,39 @@ def test_envs_without_the_flag_are_stored_as_valid():
     stored = select_for_storage(rollout)
     assert stored[FINAL_OBS_VALID].shape == rollout["next", "done"].shape
     assert stored[FINAL_OBS_VALID].all()
+
+
+def _filtered(agent, sequences, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        nxt = agent.world_model(sequences.clone()).get("next")
+    return nxt["state"], nxt["posterior_logits"], nxt["prior_logits"]
+
+
+def test_state_at_a_missing_final_obs_comes_from_the_prior(fake_isaaclab, smoke_cfg):
+    size = model_size_from_config(smoke_cfg.model)
+    base = standin.make_env(standin.make_cfg(compute_final_obs=False))
+    env = add_acting_state(add_episode_stats(base), size, standin.ACT_DIM)
+    agent = build_agent(smoke_cfg, env)
+    with torch.no_grad():
+        stored = select_for_storage(env.rollout(16, break_when_any_done=False))
+    invalid = ~stored[FINAL_OBS_VALID].squeeze(-1)
+    assert invalid.any()
+
+    state, posterior, prior = _filtered(agent, stored)
+    assert torch.equal(posterior[invalid], prior[invalid])  # KL zero there
+    # The reset obs stored as x_{t+1} at those rows no longer reaches the model at all.
+    garbage = stored.clone()
+    garbage["next", "policy"][invalid] = 100.0 * torch.randn_like(
+        garbage["next", "policy"][invalid]
+    )
+    other_state, other_posterior, _ = _filtered(agent, garbage)
+    assert torch.equal(state, other_state) and torch.equal(posterior, other_posterior)
+
+    # Without the flag the same change does move those rows: the equality above is the fix's.
+    for data in (stored, garbage):
+        data[FINAL_OBS_VALID] = torch.ones_like(data[FINAL_OBS_VALID])
+    flagless, flagless_posterior, _ = _filtered(agent, stored)
+    changed, changed_posterior, _ = _filtered(agent, garbage)
+    assert not torch.equal(flagless_posterior[invalid], changed_posterior[invalid])
+    assert torch.equal(flagless_posterior[~invalid], changed_posterior[~invalid])
