@@ -51,7 +51,7 @@ from dreamer.agent import build_agent  # noqa: E402
 from dreamer.config import load_config  # noqa: E402
 from dreamer.training.config_check import resolve_compile  # noqa: E402
 from dreamer.training.graphed_update import GraphedUpdate  # noqa: E402
-from dreamer.training.loop import make_training_env  # noqa: E402
+from dreamer.training.loop import make_training_env, use_tf32  # noqa: E402
 from dreamer.training.update import update_step  # noqa: E402
 from dreamer.world_model.networks import model_size_from_config  # noqa: E402
 
@@ -267,8 +267,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     args._profiled = False
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
+    use_tf32(True)
     if args.scan_syncs:
         syncs = scan_host_syncs(args)
         print(f"host syncs in one eager update: {len(syncs)} places")

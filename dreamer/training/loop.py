@@ -75,6 +75,12 @@ def indexed_cuda_device(device: str) -> torch.device:
     return device
 
 
+def use_tf32(enabled: bool) -> None:
+    """TF32 products for float32 matmuls and convolutions on CUDA (the learner benchmark's too)."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
 def log_open_loop_figure(logger: TensorBoardLogger, agent, sequences, task: str, step: int) -> None:
     """Log the open-loop prediction figure for one replay row that holds a single segment."""
     whole = ~sequences["is_init"].reshape(sequences.shape)[:, 1:].any(-1)
@@ -106,8 +112,7 @@ def train(cfg: DictConfig) -> dict:
         # The learner's device is the current one (graph capture, timing events); the env and
         # the acting copy may live on another GPU (pipeline.acting_device).
         torch.cuda.set_device(indexed_cuda_device(cfg.device))
-        torch.backends.cuda.matmul.allow_tf32 = bool(cfg.learner.tf32)
-        torch.backends.cudnn.allow_tf32 = bool(cfg.learner.tf32)
+        use_tf32(bool(cfg.learner.tf32))
     resume_state = read_resume_checkpoint(cfg) if cfg.resume is not None else None
     rank = init_distributed(cfg)  # per-rank device and seed; rank 0 alone writes files
     torch.manual_seed(int(cfg.seed))
