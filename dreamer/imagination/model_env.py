@@ -16,6 +16,7 @@ from torchrl.envs import EnvBase
 from torchrl.envs.model_based.dreamer import DreamerEnv
 from torchrl.modules import RSSMPriorV3, WorldModelWrapper
 
+from dreamer.imagination.imagine import imagine
 from dreamer.world_model.rssm_parts import rssm_parts
 from dreamer.world_model.rssm_step import imagine_step
 
@@ -46,6 +47,35 @@ class FeatureHead(nn.Module):
     def forward(self, state, belief):
         out = self.head(torch.cat([state, belief], -1))
         return out if self.decode is None else self.decode(out)
+
+
+class ImaginationEnv(DreamerEnv):
+    """TorchRL's ``DreamerEnv`` whose fixed-horizon rollout with a policy is the lean loop of
+    :func:`dreamer.imagination.imagine.imagine` (same result, a fraction of the kernels).
+
+    Any other rollout (random actions, auto-reset, early stop, callbacks) is TorchRL's own.
+    """
+
+    def __init__(self, *args, prior: RSSMPriorV3, reward: nn.Module, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Plain references, not submodules: the world model already owns these parameters.
+        self.__dict__["lean_modules"] = (prior, reward)
+
+    def rollout(self, max_steps: int, policy=None, callback=None, **kwargs):
+        """``EnvBase.rollout``; the actor loss's call (a policy, a start tensordict,
+        ``auto_reset=False``, ``break_when_any_done=False``) runs :func:`imagine`."""
+        lean = (
+            policy is not None
+            and callback is None
+            and kwargs.get("tensordict") is not None
+            and kwargs.get("auto_reset", True) is False
+            and kwargs.get("break_when_any_done") is False
+            and set(kwargs) == {"tensordict", "auto_reset", "break_when_any_done"}
+        )
+        if not lean:
+            return super().rollout(max_steps, policy, callback, **kwargs)
+        prior, reward = self.__dict__["lean_modules"]
+        return imagine(rssm_parts(prior).prior, reward, policy, kwargs["tensordict"], max_steps)
 
 
 def copy_unbatched_specs(model_env: DreamerEnv, batched_env: EnvBase) -> DreamerEnv:
@@ -85,13 +115,14 @@ def make_imagination_env(
     transition = TensorDictModule(
         PriorStep(prior), in_keys=["state", "belief", "action"], out_keys=["state", "belief"]
     )
-    reward = TensorDictModule(
-        FeatureHead(reward_head, two_hot), in_keys=["state", "belief"], out_keys=["reward"]
-    )
-    model_env = DreamerEnv(
+    reward_fn = FeatureHead(reward_head, two_hot)
+    reward = TensorDictModule(reward_fn, in_keys=["state", "belief"], out_keys=["reward"])
+    model_env = ImaginationEnv(
         world_model=WorldModelWrapper(TensorDictSequential(transition), reward),
         prior_shape=torch.Size([stoch]),
         belief_shape=torch.Size([deter]),
         device=device,
+        prior=prior,
+        reward=reward_fn,
     )
     return copy_unbatched_specs(model_env, batched_env).to(device)

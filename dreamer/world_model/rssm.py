@@ -22,12 +22,15 @@ from __future__ import annotations
 import torch
 from torchrl.modules import RSSMPosteriorV3, RSSMPriorV3
 
+from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype
 from dreamer.world_model.rssm_parts import rssm_parts
 from dreamer.world_model.rssm_step import (
     action_features,
     embed_term,
+    gru_layers,
     gru_step,
     initial_belief,
+    posterior_layers,
     posterior_logits,
     prior_logits,
 )
@@ -68,21 +71,30 @@ def observe_sequence(
     h0 = initial_belief(cell, embed_next)
     # One batched posterior call gives the segment-start state for every row at once.
     z0_logits = posterior_logits(post, h0, embed_term(post, embed_root))
-    z0 = straight_through_sample(z0_logits, post.unimix, noise[0]).flatten(-2).unbind(1)
+    z0 = straight_through_sample(z0_logits, post.unimix, noise[0]).flatten(-2)
     # Inputs of every step, computed for all steps at once; unbind (not indexing) so the
     # backward pass gathers each one's gradient with one stack instead of a copy per step.
     step_actions = action_features(cell, action).unbind(1)
     step_embeds = embed_term(post, embed_next).unbind(1)
     step_noise = noise[1].unbind(1)
 
+    deferred = None
+    if torch.is_grad_enabled():
+        # Weight gradients of the loop's layers: one matmul each after the loop's backward.
+        # (the action branch runs before the loop, on all steps at once)
+        layers = gru_layers(cell, with_action=False) + posterior_layers(post)
+        deferred = DeferredLayers(layers, compute_dtype(embed_next))
+        # Every step depends on these (segment starts are mixed in with where()).
+        h0, z0 = deferred.anchor(h0, z0)
+    z0 = z0.unbind(1)
     state, belief = z0[0], h0.expand(batch, -1)
     post_logits, states, beliefs = [], [], []
     for t in range(steps):
         if t:  # row 0 always starts a segment: z0 and h0 are already in place
             state = torch.where(starts[t], z0[t], state)
             belief = torch.where(starts[t], h0, belief)
-        belief = gru_step(cell, state, belief, step_actions[t])
-        logits = posterior_logits(post, belief, step_embeds[t])
+        belief = gru_step(cell, state, belief, step_actions[t], deferred)
+        logits = posterior_logits(post, belief, step_embeds[t], deferred)
         state = straight_through_sample(logits, post.unimix, step_noise[t]).flatten(-2)
         post_logits.append(logits)
         states.append(state)

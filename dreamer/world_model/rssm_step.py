@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
+from dreamer.world_model.deferred_grads import DeferredLayers
 from dreamer.world_model.rssm_parts import PosteriorParts, PriorParts
 from dreamer.world_model.sampling import race_noise, straight_through_sample
 
@@ -26,15 +28,22 @@ from dreamer.world_model.sampling import race_noise, straight_through_sample
 UPDATE_BIAS = -1.0
 
 
-def action_features(parts: PriorParts, action: torch.Tensor) -> torch.Tensor:
+def action_features(
+    parts: PriorParts, action: torch.Tensor, deferred: DeferredLayers | None = None
+) -> torch.Tensor:
     """The block GRU's action branch for actions of any leading shape: ``[..., A] -> [..., H]``."""
     if not action.is_floating_point():  # one-hot action specs give bool actions
         action = action.to(torch.get_default_dtype())
     action = action / action.detach().abs().clamp_min(1)
-    return parts.action_projection(action)
+    return run_layers(parts.action_projection, action, deferred)
 
 
-def block_linear(value: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+def block_linear(
+    value: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    deferred: DeferredLayers | None = None,
+) -> torch.Tensor:
     """TorchRL's block-linear layer, left block-major: ``[N, blocks * i] -> [blocks, N, o]``.
 
     The bias is added inside the batched matmul, and moving the blocks back to ``[N, blocks * o]``
@@ -42,31 +51,76 @@ def block_linear(value: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) 
     """
     blocks, _, block_out = weight.shape
     value = value.unflatten(-1, (blocks, -1)).transpose(0, 1)
+    if deferred is not None:
+        return deferred.block_linear(value, weight)
     # Parameters in the activation dtype, as TorchRL does: a bf16 recurrence stays bf16.
     bias = bias.to(value.dtype).view(blocks, 1, block_out)
     return torch.baddbmm(bias, value, weight.to(value.dtype))
 
 
+def run_layers(layers: nn.Sequential, value: torch.Tensor, deferred: DeferredLayers | None):
+    """``layers(value)``, with the ``Linear`` layers' weight gradients left to ``deferred``."""
+    if deferred is None:
+        return layers(value)
+    for layer in layers:
+        if isinstance(layer, nn.Linear):
+            value = deferred.linear(value.flatten(0, -2), layer.weight).unflatten(
+                0, value.shape[:-1]
+            )
+        else:
+            value = layer(value)
+    return value
+
+
+def linear_layers(layers: nn.Sequential) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(weight, bias) of every ``Linear`` in ``layers``, for :class:`DeferredLayers`."""
+    return [(layer.weight, layer.bias) for layer in layers if isinstance(layer, nn.Linear)]
+
+
+def gru_layers(
+    parts: PriorParts, with_action: bool = True
+) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The block GRU's per-step layers (weight, bias) that :class:`DeferredLayers` can take:
+    the belief, state and (``with_action``) action projections and the two block-linear layers."""
+    return [
+        *linear_layers(parts.belief_projection),
+        *linear_layers(parts.state_projection),
+        *(linear_layers(parts.action_projection) if with_action else []),
+        (parts.hidden_weight, parts.hidden_bias),
+        (parts.gates_weight, parts.gates_bias),
+    ]
+
+
 def gru_step(
-    parts: PriorParts, state: torch.Tensor, belief: torch.Tensor, action_feature: torch.Tensor
+    parts: PriorParts,
+    state: torch.Tensor,
+    belief: torch.Tensor,
+    action_feature: torch.Tensor,
+    deferred: DeferredLayers | None = None,
 ) -> torch.Tensor:
     """Next belief ``[..., deter]`` from ``state``, ``belief`` and :func:`action_features`.
 
     The gate arithmetic runs on block-major views of the gate outputs, and the update
     ``u * c + (1 - u) * h`` is computed as ``h + u * (c - h)``: the same numbers up to rounding,
-    in fewer kernels than TorchRL's flattened copies.
+    in fewer kernels than TorchRL's flattened copies. With ``deferred`` (made from
+    :func:`gru_layers`), the layers' weight gradients are left to it.
     """
     blocks, leading = parts.num_blocks, belief.shape[:-1]
     state, belief, action_feature = (x.flatten(0, -2) for x in (state, belief, action_feature))
     features = torch.cat(
-        [parts.belief_projection(belief), parts.state_projection(state), action_feature], -1
+        [
+            run_layers(parts.belief_projection, belief, deferred),
+            run_layers(parts.state_projection, state, deferred),
+            action_feature,
+        ],
+        -1,
     )
     grouped = belief.unflatten(-1, (blocks, -1))
     repeated = features.unsqueeze(-2).expand(*features.shape[:-1], blocks, -1)
     hidden = torch.cat([grouped, repeated], -1).flatten(-2)
-    hidden = block_linear(hidden, parts.hidden_weight, parts.hidden_bias).transpose(0, 1)
-    hidden = parts.hidden_rest(hidden.flatten(-2))
-    gates = block_linear(hidden, parts.gates_weight, parts.gates_bias).transpose(0, 1)
+    hidden = block_linear(hidden, parts.hidden_weight, parts.hidden_bias, deferred)
+    hidden = parts.hidden_rest(hidden.transpose(0, 1).flatten(-2))
+    gates = block_linear(hidden, parts.gates_weight, parts.gates_bias, deferred).transpose(0, 1)
     reset, candidate, update = gates.unflatten(-1, (3, -1)).unbind(-2)
     candidate = (reset.sigmoid() * candidate).tanh()
     update = (update + UPDATE_BIAS).sigmoid()
@@ -80,9 +134,12 @@ def initial_belief(parts: PriorParts, like: torch.Tensor) -> torch.Tensor:
     return gru_step(parts, like.new_zeros(1, stoch), like.new_zeros(1, parts.deter), action)
 
 
-def prior_logits(parts: PriorParts, belief: torch.Tensor) -> torch.Tensor:
+def prior_logits(
+    parts: PriorParts, belief: torch.Tensor, deferred: DeferredLayers | None = None
+) -> torch.Tensor:
     """Prior logits ``[..., C, K]`` of beliefs ``[..., deter]``."""
-    return parts.head(belief).unflatten(-1, (parts.num_categoricals, parts.num_classes))
+    logits = run_layers(parts.head, belief, deferred)
+    return logits.unflatten(-1, (parts.num_categoricals, parts.num_classes))
 
 
 def embed_term(parts: PosteriorParts, embed: torch.Tensor) -> torch.Tensor:
@@ -90,10 +147,29 @@ def embed_term(parts: PosteriorParts, embed: torch.Tensor) -> torch.Tensor:
     return F.linear(embed, parts.embed_weight, parts.bias)
 
 
+def posterior_layers(parts: PosteriorParts) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The posterior's per-step layers (weight, bias) that :class:`DeferredLayers` can take."""
+    last = parts.rest[-1]
+    return [(parts.belief_weight, None), (last.weight, last.bias)]
+
+
 def posterior_logits(
-    parts: PosteriorParts, belief: torch.Tensor, embedding_term: torch.Tensor
+    parts: PosteriorParts,
+    belief: torch.Tensor,
+    embedding_term: torch.Tensor,
+    deferred: DeferredLayers | None = None,
 ) -> torch.Tensor:
-    """Posterior logits ``[..., C, K]`` from a belief and the :func:`embed_term` of its embedding."""
+    """Posterior logits ``[..., C, K]`` from a belief and the :func:`embed_term` of its embedding.
+
+    With ``deferred`` (made from :func:`posterior_layers`; 2-D inputs), the layers' weight
+    gradients are left to it.
+    """
+    if deferred is not None:
+        hidden = deferred.linear(belief, parts.belief_weight, base=embedding_term)
+        hidden = parts.rest[:-1](hidden)
+        return deferred.linear(hidden, parts.rest[-1].weight).unflatten(
+            -1, (parts.num_categoricals, parts.num_classes)
+        )
     if belief.dim() == 2 and embedding_term.dim() == 2:
         hidden = torch.addmm(embedding_term, belief, parts.belief_weight.t())
     else:

@@ -1,0 +1,176 @@
+"""Weight gradients of a recurrent loop as one matmul per layer, instead of one per step.
+
+Autograd gives a layer used at every step of a ``T``-step loop ``T`` weight-gradient matmuls,
+``T`` bias reductions and ``2 (T - 1)`` accumulation adds. On a GPU, where the learner's time is
+set by its number of kernels (docs/benchmarks.md), that is most of the kernels a filter step's
+backward launches that do not carry the recurrence. :class:`DeferredLayers` keeps the
+recurrence's own gradient (``dx = g W``) at every step, records each step's input ``x_t`` and
+output gradient ``g_t``, and computes ``dW = [g_1..g_T]^T [x_1..x_T]`` and ``db = sum g`` once,
+after the loop's backward pass has finished.
+
+How it is ordered: :meth:`DeferredLayers.anchor` passes the loop's initial tensors through an
+identity autograd node that also takes the layers' parameters. Every step depends on the loop's
+initial tensors, so autograd runs that node's backward only after every step's backward; that
+backward is where the parameter gradients are computed and handed to autograd (which adds them to
+``.grad`` like any other contribution). Steps whose output never reaches the loss contribute
+nothing, as in plain autograd. ``tests/test_deferred_grads.py`` checks the gradients against
+plain autograd.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class _Layer:
+    """One deferred layer's per-step inputs and output gradients (matched by call index)."""
+
+    weight: torch.Tensor  # the parameter (or a view of one) whose gradient is deferred
+    bias: torch.Tensor | None
+    compute_weight: torch.Tensor  # detached, in the compute dtype
+    compute_bias: torch.Tensor | None
+    inputs: list[torch.Tensor] = field(default_factory=list)
+    grads: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    def gradients(self) -> list[torch.Tensor | None]:
+        """``dW`` (and ``db``) from every step that received a gradient, in the parameters' dtype."""
+        steps = sorted(self.grads)
+        block = self.compute_weight.dim() == 3
+        result: list[torch.Tensor | None]
+        if not steps:
+            result = [None]
+        else:
+            x = torch.cat([self.inputs[i] for i in steps], -2)
+            g = torch.cat([self.grads[i] for i in steps], -2)
+            if block:  # dW[b] = x[b]^T g[b]
+                grad_weight = torch.bmm(x.transpose(1, 2), g)
+            else:  # dW = g^T x
+                grad_weight = g.t() @ x
+            result = [grad_weight.to(self.weight.dtype)]
+            if self.bias is not None:
+                reduced = g.sum(-2)  # [out] or [blocks, out]
+                result.append(reduced.reshape(self.bias.shape).to(self.bias.dtype))
+        if self.bias is not None and not steps:
+            result.append(None)
+        self.inputs.clear()
+        self.grads.clear()
+        return result
+
+
+class _Anchor(torch.autograd.Function):
+    """Identity on the loop's initial tensors; its backward computes the deferred gradients."""
+
+    @staticmethod
+    def forward(ctx, layers: DeferredLayers, count: int, *tensors_and_params):
+        ctx.layers = layers
+        ctx.count = count
+        return tuple(t.view_as(t) for t in tensors_and_params[:count])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        params = []
+        for layer in ctx.layers.layers.values():
+            params += layer.gradients()
+        return (None, None, *grads, *params)
+
+
+class _DeferredMatmul(torch.autograd.Function):
+    """``base + x @ W (+ b)`` whose backward returns ``dx`` (and ``d base``) and records ``g``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, base: torch.Tensor | None, layer: _Layer, block: bool):
+        weight, bias = layer.compute_weight, layer.compute_bias
+        x = x.to(weight.dtype)
+        if block:  # [blocks, N, i] @ [blocks, i, o] + bias[blocks, 1, o]
+            out = torch.bmm(x, weight) if bias is None else torch.baddbmm(bias, x, weight)
+        elif base is not None:  # the bias is then part of base
+            out = torch.addmm(base.to(weight.dtype), x, weight.t())
+        else:
+            out = F.linear(x, weight, bias)
+        ctx.layer, ctx.block, ctx.index = layer, block, len(layer.inputs)
+        ctx.has_base = base is not None
+        layer.inputs.append(x)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        layer = ctx.layer
+        layer.grads[ctx.index] = grad
+        weight = layer.compute_weight
+        grad_x = torch.bmm(grad, weight.transpose(1, 2)) if ctx.block else grad @ weight
+        return grad_x, (grad if ctx.has_base else None), None, None
+
+
+class DeferredLayers:
+    """The layers of one loop whose weight gradients are computed once, after the loop.
+
+    Usage: create it with the layers' parameters, pass the loop's initial tensors through
+    :meth:`anchor` before the loop, and use :meth:`linear` / :meth:`block_linear` inside it. A
+    new instance is needed for every forward pass (it holds that pass's per-step tensors).
+
+    Args:
+        weights: ``(weight, bias)`` pairs (``bias`` may be ``None``); a linear weight is
+            ``[out, in]``, a block-linear one ``[blocks, in, out]`` with bias ``[blocks * out]``.
+        dtype: the compute dtype (bf16 under autocast); default: each weight's own.
+    """
+
+    def __init__(
+        self,
+        weights: list[tuple[torch.Tensor, torch.Tensor | None]],
+        dtype: torch.dtype | None = None,
+    ):
+        self.layers: dict[int, _Layer] = {}
+        for weight, bias in weights:
+            dtype_ = dtype or weight.dtype
+            compute_bias = None
+            if bias is not None:
+                compute_bias = bias.detach().to(dtype_)
+                if weight.dim() == 3:
+                    compute_bias = compute_bias.view(weight.shape[0], 1, weight.shape[2])
+            self.layers[id(weight)] = _Layer(weight, bias, weight.detach().to(dtype_), compute_bias)
+        self.anchored = False
+
+    def anchor(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The loop's initial tensors, unchanged, made the point where the gradients are computed.
+
+        Every tensor the loop starts from must pass through here (every step must depend on at
+        least one of them), or a step's gradient could arrive after the parameters' was made.
+        """
+        if self.anchored:
+            raise RuntimeError("DeferredLayers.anchor may be called once per forward pass")
+        self.anchored = True
+        params = [p for layer in self.layers.values() for p in (layer.weight, layer.bias)]
+        params = [p for p in params if p is not None]
+        return _Anchor.apply(self, len(tensors), *tensors, *params)
+
+    def _layer(self, weight: torch.Tensor) -> _Layer:
+        if not self.anchored:
+            raise RuntimeError("call DeferredLayers.anchor before using its layers")
+        return self.layers[id(weight)]
+
+    def linear(
+        self, x: torch.Tensor, weight: torch.Tensor, base: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``F.linear(x, weight, bias)`` for ``x`` ``[N, in]`` with the registered ``bias``, or
+        ``base + x @ weight.T`` for a layer registered without bias (one ``addmm``)."""
+        layer = self._layer(weight)
+        if base is not None and layer.bias is not None:
+            raise ValueError("a layer with a bias takes no base term")
+        return _DeferredMatmul.apply(x, base, layer, False)
+
+    def block_linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``baddbmm(bias, x, weight)`` for block-major ``x`` ``[blocks, N, in]``."""
+        return _DeferredMatmul.apply(x, None, self._layer(weight), True)
+
+
+def compute_dtype(like: torch.Tensor) -> torch.dtype | None:
+    """The dtype matmuls run in here: autocast's when it is on for ``like``'s device, else None
+    (each weight's own)."""
+    device_type = like.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None

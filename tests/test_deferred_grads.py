@@ -1,0 +1,94 @@
+"""Deferred weight gradients (dreamer.world_model.deferred_grads) equal plain autograd's."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dreamer.world_model.deferred_grads import DeferredLayers
+
+
+def toy_loop(
+    cell: nn.Linear,
+    block: torch.Tensor,
+    block_bias: torch.Tensor,
+    head: nn.Linear,
+    x0: torch.Tensor,
+    inputs: torch.Tensor,
+    deferred: DeferredLayers | None,
+):
+    """A recurrence using a linear, a block-linear and an additive-base linear at every step."""
+    h = x0
+    if deferred is not None:
+        (h,) = deferred.anchor(h)
+    outputs = []
+    for t in range(inputs.shape[0]):
+        if deferred is None:
+            a = cell(h)
+            blocks = torch.baddbmm(
+                block_bias.view(2, 1, -1), h.unflatten(-1, (2, -1)).transpose(0, 1), block
+            )
+            out = inputs[t] + h @ head.weight.t()
+        else:
+            a = deferred.linear(h, cell.weight)
+            blocks = deferred.block_linear(h.unflatten(-1, (2, -1)).transpose(0, 1), block)
+            out = deferred.linear(h, head.weight, base=inputs[t])
+        h = torch.tanh(a + blocks.transpose(0, 1).flatten(-2))
+        outputs.append(out)
+    # The last step's output reaches the loss, the last state does not: a layer output unused
+    # at some steps must not break the pairing of inputs and gradients.
+    return torch.stack(outputs).square().sum()
+
+
+def parameters(seed: int = 0):
+    torch.manual_seed(seed)
+    cell = nn.Linear(8, 8)
+    block = nn.Parameter(torch.randn(2, 4, 4) * 0.3)
+    block_bias = nn.Parameter(torch.randn(8) * 0.1)
+    head = nn.Linear(8, 5, bias=False)
+    x0 = torch.randn(3, 8, requires_grad=True)
+    inputs = torch.randn(6, 3, 5, requires_grad=True)
+    return cell, block, block_bias, head, x0, inputs
+
+
+def gradients(deferred: bool) -> list[torch.Tensor]:
+    cell, block, block_bias, head, x0, inputs = parameters()
+    layers = None
+    if deferred:
+        layers = DeferredLayers(
+            [(cell.weight, cell.bias), (block, block_bias), (head.weight, None)]
+        )
+    toy_loop(cell, block, block_bias, head, x0, inputs, layers).backward()
+    tensors = [cell.weight, cell.bias, block, block_bias, head.weight, x0, inputs]
+    return [t.grad.clone() for t in tensors]
+
+
+def test_deferred_gradients_equal_autograd():
+    plain, deferred = gradients(False), gradients(True)
+    for expected, got in zip(plain, deferred, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+        assert expected.abs().sum() > 0
+
+
+def test_deferred_gradients_add_to_other_uses_of_a_weight():
+    """A weight also used outside the loop gets both contributions, as autograd adds them."""
+    results = []
+    for deferred in (False, True):
+        cell, block, block_bias, head, x0, inputs = parameters()
+        layers = (
+            DeferredLayers([(cell.weight, cell.bias), (block, block_bias), (head.weight, None)])
+            if deferred
+            else None
+        )
+        loss = toy_loop(cell, block, block_bias, head, x0, inputs, layers)
+        (loss + cell(x0).sum()).backward()
+        results.append(cell.weight.grad.clone())
+    torch.testing.assert_close(results[1], results[0], rtol=1e-5, atol=1e-6)
+
+
+def test_layers_refuse_use_before_anchor():
+    cell, *_ = parameters()
+    layers = DeferredLayers([(cell.weight, cell.bias)])
+    with pytest.raises(RuntimeError, match="anchor"):
+        layers.linear(torch.randn(2, 8), cell.weight)

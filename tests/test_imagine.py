@@ -1,0 +1,83 @@
+"""The lean imagination loop returns what TorchRL's rollout of the imagination env returns."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from tensordict import TensorDict
+from torchrl.envs.model_based.dreamer import DreamerEnv
+from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from op_count import count_ops  # noqa: E402
+
+HORIZON = 5
+
+
+def start_states(agent, n: int = 7) -> TensorDict:
+    torch.manual_seed(3)
+    state = torch.zeros(n, agent.size.stoch)
+    state.view(n, agent.size.num_categoricals, -1)[..., 0] = 1
+    return TensorDict({"state": state, "belief": torch.randn(n, agent.size.deter)}, [n])
+
+
+def dream(agent, lean: bool):
+    """One rollout of the actor loss's kind, and the gradients of a loss on every output."""
+    env = agent.model_env
+    agent.loss.zero_grad(set_to_none=True)
+    rollout = env.rollout if lean else (lambda *a, **k: DreamerEnv.rollout(env, *a, **k))
+    torch.manual_seed(0)
+    with set_exploration_type(ExplorationType.RANDOM):
+        start = env.reset(start_states(agent))
+        out = rollout(
+            HORIZON,
+            policy=agent.actor,
+            auto_reset=False,
+            tensordict=start,
+            break_when_any_done=False,
+        )
+    loss = sum(
+        value.float().square().mean()
+        for key, value in out.items(True, True)
+        if value.is_floating_point()
+    )
+    loss.backward()
+    params = dict(agent.prior.named_parameters())
+    params.update({f"actor.{k}": v for k, v in agent.actor.named_parameters()})
+    params.update({f"reward.{k}": v for k, v in agent.reward_head.named_parameters()})
+    return out, {k: v.grad.clone() for k, v in params.items() if v.grad is not None}
+
+
+def test_lean_rollout_matches_torchrl_rollout(toy_agent):
+    _, agent = toy_agent
+    lean, lean_grads = dream(agent, lean=True)
+    reference, reference_grads = dream(agent, lean=False)
+    assert lean.batch_size == reference.batch_size == (7, HORIZON)
+    assert set(lean.keys(True, True)) == set(reference.keys(True, True))
+    for key in reference.keys(True, True):
+        torch.testing.assert_close(lean.get(key), reference.get(key), rtol=1e-5, atol=1e-6)
+    # The dream moves: states differ between steps, and the reward head's output is used.
+    assert not torch.equal(lean["next", "state"][:, 0], lean["next", "state"][:, -1])
+    assert set(lean_grads) == set(reference_grads)
+    assert any(k.startswith("reward.") for k in lean_grads)
+    for key, expected in reference_grads.items():
+        torch.testing.assert_close(lean_grads[key], expected, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def test_lean_rollout_launches_fewer_ops(toy_agent):
+    """The point of the lean loop: fewer ops (kernels on a GPU) for the same dream."""
+    _, agent = toy_agent
+    lean = sum(count_ops(lambda: dream(agent, lean=True)).ops.values())
+    reference = sum(count_ops(lambda: dream(agent, lean=False)).ops.values())
+    assert lean < 0.9 * reference, (lean, reference)
+
+
+def test_other_rollouts_stay_torchrl(toy_agent):
+    """Random actions (no policy) still go through TorchRL's rollout, with its spec checks."""
+    _, agent = toy_agent
+    start = agent.model_env.reset(start_states(agent, 3))
+    out = agent.model_env.rollout(3, auto_reset=False, tensordict=start, break_when_any_done=False)
+    assert out.batch_size == (3, 3)
+    assert out["action"].shape[-1] == agent.model_env.action_spec.shape[-1]
