@@ -67,7 +67,6 @@ def observe_sequence(
     batch, steps = action.shape[:2]
     if noise is None:
         noise = race_noise((2, batch, steps, post.num_categoricals, post.num_classes), embed_next)
-    starts = is_init.reshape(batch, steps, 1).unbind(1)
     h0 = initial_belief(cell, embed_next)
     # One batched posterior call gives the segment-start state for every row at once.
     z0_logits = posterior_logits(post, h0, embed_term(post, embed_root))
@@ -84,15 +83,21 @@ def observe_sequence(
         # (the action branch runs before the loop, on all steps at once)
         layers = gru_layers(cell, with_action=False) + posterior_layers(post)
         deferred = DeferredLayers(layers, compute_dtype(embed_next))
-        # Every step depends on these (segment starts are mixed in with where()).
+        # Every step depends on these (segment starts are mixed in below).
         h0, z0 = deferred.anchor(h0, z0)
-    z0 = z0.unbind(1)
-    state, belief = z0[0], h0.expand(batch, -1)
+    # A segment start takes z0/h0, any other row carries the state on: x * keep + start_value,
+    # exact in both cases, with the start values made for all steps at once (a where() per
+    # step costs more kernels in its backward pass).
+    starts = is_init.reshape(batch, steps, 1).to(z0.dtype)
+    keep = (1 - starts).unbind(1)
+    start_states = (z0 * starts).unbind(1)
+    start_beliefs = (h0 * starts).unbind(1)
+    state, belief = z0[:, 0], h0.expand(batch, -1)
     post_logits, states, beliefs = [], [], []
     for t in range(steps):
         if t:  # row 0 always starts a segment: z0 and h0 are already in place
-            state = torch.where(starts[t], z0[t], state)
-            belief = torch.where(starts[t], h0, belief)
+            state = torch.addcmul(start_states[t], state, keep[t])
+            belief = torch.addcmul(start_beliefs[t], belief, keep[t])
         belief = gru_step(cell, state, belief, step_actions[t], deferred)
         logits = posterior_logits(post, belief, step_embeds[t], deferred)
         state = straight_through_sample(logits, post.unimix, step_noise[t]).flatten(-2)
