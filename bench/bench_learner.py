@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import platform
 import statistics
@@ -292,6 +293,8 @@ def main() -> None:
                 row = {"variant": variant, "batch": batch, "length": steps, "error": repr(error)}
             rows.append(row)
             print(json.dumps({k: v for k, v in row.items() if k != "profile"}), flush=True)
+            # A failed run's traceback can keep its tensors alive; free them before the next.
+            gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     meta = {

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dreamer.world_model.deferred_grads import DeferredLayers
+from dreamer.world_model.deferred_grads import MAX_DEFERRED_ROWS, DeferredLayers, worth_deferring
 
 
 def toy_loop(
@@ -92,3 +92,12 @@ def test_layers_refuse_use_before_anchor():
     layers = DeferredLayers([(cell.weight, cell.bias)])
     with pytest.raises(RuntimeError, match="anchor"):
         layers.linear(torch.randn(2, 8), cell.weight)
+
+
+def test_deferral_only_for_few_rows_with_grad():
+    """Many rows per step would keep gigabytes of gradients (256x64 imagination ran out of an
+    H100's memory); no recording without grad."""
+    assert worth_deferring(16) and worth_deferring(MAX_DEFERRED_ROWS)
+    assert not worth_deferring(MAX_DEFERRED_ROWS + 1)
+    with torch.no_grad():
+        assert not worth_deferring(16)

@@ -21,7 +21,7 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
 
-from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype
+from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype, worth_deferring
 from dreamer.world_model.rssm_parts import PriorParts
 from dreamer.world_model.rssm_step import (
     action_features,
@@ -55,7 +55,7 @@ def imagine(
     """
     state, belief = start.get("state"), start.get("belief")
     deferred = None
-    if torch.is_grad_enabled():
+    if worth_deferring(state.shape[:-1].numel()):
         layers = gru_layers(parts) + linear_layers(parts.head)
         deferred = DeferredLayers(layers, compute_dtype(state))
         state, belief = deferred.anchor(state, belief)

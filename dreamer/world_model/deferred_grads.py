@@ -24,6 +24,18 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+# Deferring keeps every step's output gradient until the loop's backward ends (plus one
+# concatenated copy). With few rows per step that is small and the per-step kernels it saves are
+# launch-bound; with many rows each per-step matmul is efficient on its own and the kept
+# gradients cost gigabytes (256x64 imagination, 16,384 rows, ran out of an H100's memory).
+MAX_DEFERRED_ROWS = 4096
+
+
+def worth_deferring(rows: int) -> bool:
+    """Whether a loop over ``rows`` rows per step should defer its weight gradients: only when
+    gradients are being recorded and the rows are few (:data:`MAX_DEFERRED_ROWS`)."""
+    return torch.is_grad_enabled() and rows <= MAX_DEFERRED_ROWS
+
 
 @dataclass
 class _Layer:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torchrl.modules import RSSMPosteriorV3, RSSMPriorV3
 
-from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype
+from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype, worth_deferring
 from dreamer.world_model.rssm_parts import rssm_parts
 from dreamer.world_model.rssm_step import (
     action_features,
@@ -78,7 +78,7 @@ def observe_sequence(
     step_noise = noise[1].unbind(1)
 
     deferred = None
-    if torch.is_grad_enabled():
+    if worth_deferring(batch):
         # Weight gradients of the loop's layers: one matmul each after the loop's backward.
         # (the action branch runs before the loop, on all steps at once)
         layers = gru_layers(cell, with_action=False) + posterior_layers(post)
