@@ -22,12 +22,15 @@ from tensordict.nn import TensorDictModuleBase
 from torch import nn
 
 from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype, worth_deferring
+from dreamer.world_model.fused_norm import fused_norm_available
 from dreamer.world_model.rssm_parts import PriorParts
 from dreamer.world_model.rssm_step import (
     action_features,
     gru_layers,
+    gru_norms,
     gru_step,
     linear_layers,
+    norm_scales,
     prior_logits,
 )
 from dreamer.world_model.sampling import race_noise, straight_through_sample
@@ -57,7 +60,9 @@ def imagine(
     deferred = None
     if worth_deferring(state.shape[:-1].numel()):
         layers = gru_layers(parts) + linear_layers(parts.head)
-        deferred = DeferredLayers(layers, compute_dtype(state))
+        fused = fused_norm_available(state)
+        norms = gru_norms(parts) + norm_scales(parts.head) if fused else []
+        deferred = DeferredLayers(layers, compute_dtype(state), norms)
         state, belief = deferred.anchor(state, belief)
     batch = start.batch_size
     visited = []

@@ -87,6 +87,7 @@ class _Anchor(torch.autograd.Function):
         params = []
         for layer in ctx.layers.layers.values():
             params += layer.gradients()
+        params += [buffer.to(w.dtype) for w, buffer in ctx.layers.norm_grads.values()]
         return (None, None, *grads, *params)
 
 
@@ -134,7 +135,11 @@ class DeferredLayers:
         self,
         weights: list[tuple[torch.Tensor, torch.Tensor | None]],
         dtype: torch.dtype | None = None,
+        norms: list[torch.Tensor] = (),
     ):
+        # Scales of fused RMS norms (dreamer.world_model.fused_norm): their steps add their
+        # gradients into one float32 buffer each, handed to autograd by the anchor.
+        self.norm_grads = {id(w): (w, torch.zeros(w.shape, device=w.device)) for w in norms}
         self.layers: dict[int, _Layer] = {}
         for weight, bias in weights:
             dtype_ = dtype or weight.dtype
@@ -157,6 +162,7 @@ class DeferredLayers:
         self.anchored = True
         params = [p for layer in self.layers.values() for p in (layer.weight, layer.bias)]
         params = [p for p in params if p is not None]
+        params += [weight for weight, _ in self.norm_grads.values()]
         return _Anchor.apply(self, len(tensors), *tensors, *params)
 
     def _layer(self, weight: torch.Tensor) -> _Layer:
@@ -173,6 +179,11 @@ class DeferredLayers:
         if base is not None and layer.bias is not None:
             raise ValueError("a layer with a bias takes no base term")
         return _DeferredMatmul.apply(x, base, layer, False)
+
+    def norm_grad(self, weight: torch.Tensor) -> torch.Tensor | None:
+        """The shared gradient buffer of a registered norm scale (``None`` if not registered)."""
+        entry = self.norm_grads.get(id(weight))
+        return None if entry is None else entry[1]
 
     def block_linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """``baddbmm(bias, x, weight)`` for block-major ``x`` ``[blocks, N, in]``."""

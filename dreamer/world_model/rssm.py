@@ -23,15 +23,18 @@ import torch
 from torchrl.modules import RSSMPosteriorV3, RSSMPriorV3
 
 from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype, worth_deferring
+from dreamer.world_model.fused_norm import fused_norm_available
 from dreamer.world_model.rssm_parts import rssm_parts
 from dreamer.world_model.rssm_step import (
     action_features,
     embed_term,
     gru_layers,
+    gru_norms,
     gru_step,
     initial_belief,
     posterior_layers,
     posterior_logits,
+    posterior_norms,
     prior_logits,
 )
 from dreamer.world_model.sampling import race_noise, straight_through_sample
@@ -82,7 +85,8 @@ def observe_sequence(
         # Weight gradients of the loop's layers: one matmul each after the loop's backward.
         # (the action branch runs before the loop, on all steps at once)
         layers = gru_layers(cell, with_action=False) + posterior_layers(post)
-        deferred = DeferredLayers(layers, compute_dtype(embed_next))
+        norms = gru_norms(cell, False) + posterior_norms(post) if fused_norm_available(h0) else []
+        deferred = DeferredLayers(layers, compute_dtype(embed_next), norms)
         # Every step depends on these (segment starts are mixed in below).
         h0, z0 = deferred.anchor(h0, z0)
     # A segment start takes z0/h0, any other row carries the state on: x * keep + start_value,

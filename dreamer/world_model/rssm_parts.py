@@ -19,6 +19,19 @@ from torch import nn
 from torchrl.modules import RSSMPosteriorV3, RSSMPriorV3
 
 
+def torchrl_rms_norm_eps(module: nn.Module) -> float | None:
+    """The epsilon of TorchRL's DreamerV3 RMS norm, or ``None`` for any other module.
+
+    That norm (``x * rsqrt(mean(x^2) + eps) * weight``) is a private TorchRL class; this is the
+    one place that recognises it and reads its ``eps``, so the fused kernel
+    (:mod:`dreamer.world_model.fused_norm`) can replace it. ``tests/test_fused_norm.py`` pins
+    that the module computes exactly that.
+    """
+    from torchrl.modules.models.model_based import _DreamerV3RMSNorm
+
+    return float(module.eps) if isinstance(module, _DreamerV3RMSNorm) else None
+
+
 @dataclass(frozen=True)
 class PriorParts:
     """The block GRU and prior head of an ``RSSMPriorV3(recurrent_model="block_gru")``."""

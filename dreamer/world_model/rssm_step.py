@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dreamer.world_model.deferred_grads import DeferredLayers
-from dreamer.world_model.rssm_parts import PosteriorParts, PriorParts
+from dreamer.world_model.fused_norm import fused_norm_available, rms_norm_silu
+from dreamer.world_model.rssm_parts import PosteriorParts, PriorParts, torchrl_rms_norm_eps
 from dreamer.world_model.sampling import race_noise, straight_through_sample
 
 # TorchRL's block GRU adds this to the update gate's pre-activation (DreamerV3's value).
@@ -59,17 +60,40 @@ def block_linear(
 
 
 def run_layers(layers: nn.Sequential, value: torch.Tensor, deferred: DeferredLayers | None):
-    """``layers(value)``, with the ``Linear`` layers' weight gradients left to ``deferred``."""
-    if deferred is None:
+    """``layers(value)``, with the ``Linear`` layers' weight gradients left to ``deferred``, and
+    each RMS norm followed by SiLU run as one fused kernel where it can (CUDA, triton)."""
+    fused = fused_norm_available(value)
+    if deferred is None and not fused:
         return layers(value)
-    for layer in layers:
-        if isinstance(layer, nn.Linear):
+    modules = list(layers)
+    index = 0
+    while index < len(modules):
+        layer = modules[index]
+        eps = torchrl_rms_norm_eps(layer)
+        following = modules[index + 1] if index + 1 < len(modules) else None
+        if fused and eps is not None and isinstance(following, nn.SiLU):
+            grad_buffer = deferred.norm_grad(layer.weight) if deferred is not None else None
+            value = rms_norm_silu(value, layer.weight, eps, grad_buffer)
+            index += 2
+            continue
+        if deferred is not None and isinstance(layer, nn.Linear):
             value = deferred.linear(value.flatten(0, -2), layer.weight).unflatten(
                 0, value.shape[:-1]
             )
         else:
             value = layer(value)
+        index += 1
     return value
+
+
+def norm_scales(layers: nn.Sequential) -> list[torch.Tensor]:
+    """Scales of the RMS norms in ``layers`` that :func:`run_layers` fuses with a following SiLU."""
+    modules = list(layers)
+    return [
+        layer.weight
+        for layer, following in zip(modules, modules[1:], strict=False)
+        if torchrl_rms_norm_eps(layer) is not None and isinstance(following, nn.SiLU)
+    ]
 
 
 def linear_layers(layers: nn.Sequential) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -89,6 +113,14 @@ def gru_layers(
         (parts.hidden_weight, parts.hidden_bias),
         (parts.gates_weight, parts.gates_bias),
     ]
+
+
+def gru_norms(parts: PriorParts, with_action: bool = True) -> list[torch.Tensor]:
+    """The block GRU's fused norm scales (:func:`norm_scales`), in the order of :func:`gru_layers`."""
+    projections = [parts.belief_projection, parts.state_projection]
+    if with_action:
+        projections.append(parts.action_projection)
+    return [w for layers in (*projections, parts.hidden_rest) for w in norm_scales(layers)]
 
 
 def gru_step(
@@ -119,7 +151,7 @@ def gru_step(
     repeated = features.unsqueeze(-2).expand(*features.shape[:-1], blocks, -1)
     hidden = torch.cat([grouped, repeated], -1).flatten(-2)
     hidden = block_linear(hidden, parts.hidden_weight, parts.hidden_bias, deferred)
-    hidden = parts.hidden_rest(hidden.transpose(0, 1).flatten(-2))
+    hidden = run_layers(parts.hidden_rest, hidden.transpose(0, 1).flatten(-2), deferred)
     gates = block_linear(hidden, parts.gates_weight, parts.gates_bias, deferred).transpose(0, 1)
     reset, candidate, update = gates.unflatten(-1, (3, -1)).unbind(-2)
     candidate = (reset.sigmoid() * candidate).tanh()
@@ -153,6 +185,11 @@ def posterior_layers(parts: PosteriorParts) -> list[tuple[torch.Tensor, torch.Te
     return [(parts.belief_weight, None), (last.weight, last.bias)]
 
 
+def posterior_norms(parts: PosteriorParts) -> list[torch.Tensor]:
+    """The posterior's fused norm scales (:func:`norm_scales`)."""
+    return norm_scales(parts.rest)
+
+
 def posterior_logits(
     parts: PosteriorParts,
     belief: torch.Tensor,
@@ -166,8 +203,7 @@ def posterior_logits(
     """
     if deferred is not None:
         hidden = deferred.linear(belief, parts.belief_weight, base=embedding_term)
-        hidden = parts.rest[:-1](hidden)
-        return deferred.linear(hidden, parts.rest[-1].weight).unflatten(
+        return run_layers(parts.rest, hidden, deferred).unflatten(
             -1, (parts.num_categoricals, parts.num_classes)
         )
     if belief.dim() == 2 and embedding_term.dim() == 2:

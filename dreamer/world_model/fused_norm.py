@@ -1,0 +1,131 @@
+"""RMS norm followed by SiLU as one Triton kernel forward and one backward.
+
+Every layer inside the RSSM's step is ``Linear -> RMSNorm -> SiLU``. PyTorch runs the norm and
+the activation as two kernels forward and, backward, SiLU's gradient, the norm's input gradient,
+a reduction for the norm's scale and an add that accumulates that scale's gradient over the loop's
+steps: four small kernels per layer per step. Here the forward pass is one kernel (one program per
+row) and the backward pass one kernel that writes the input gradient and atomically adds the
+row's contribution to the scale's gradient into a float32 buffer. With
+:class:`~dreamer.world_model.deferred_grads.DeferredLayers` that buffer is shared by all steps of
+the loop, so the scale's gradient costs no kernel per step at all. (Atomic float adds make the
+scale's gradient independent of nothing but the order of additions: its last bits may differ
+between runs.)
+
+The maths is TorchRL's DreamerV3 norm, ``x * rsqrt(mean(x^2) + eps) * weight``, computed in
+float32 and stored in the input's dtype, then SiLU. Only ``triton.language`` features present
+since Triton 3.0 are used (the H100 runs PyTorch 2.11's bundled Triton; CI runs Triton 3.9's
+interpreter on the CPU: ``tests/test_fused_norm.py``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # a CPU-only install without triton: the torch modules are used
+    triton = None
+
+
+if triton is not None:
+
+    @triton.jit
+    def _norm_silu_forward(x_ptr, w_ptr, y_ptr, rstd_ptr, width, eps, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < width
+        x = tl.load(x_ptr + row * width + cols, mask=mask, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / width + eps)
+        s = x * rstd * w
+        y = s / (1.0 + tl.exp(-s))
+        tl.store(y_ptr + row * width + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(rstd_ptr + row, rstd)
+
+    @triton.jit
+    def _norm_silu_backward(
+        x_ptr, w_ptr, rstd_ptr, gy_ptr, gx_ptr, gw_ptr, width, BLOCK: tl.constexpr
+    ):
+        row = tl.program_id(0)
+        cols = tl.arange(0, BLOCK)
+        mask = cols < width
+        x = tl.load(x_ptr + row * width + cols, mask=mask, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+        gy = tl.load(gy_ptr + row * width + cols, mask=mask, other=0.0).to(tl.float32)
+        rstd = tl.load(rstd_ptr + row)
+        normed = x * rstd
+        s = normed * w
+        sig = 1.0 / (1.0 + tl.exp(-s))
+        gs = gy * sig * (1.0 + s * (1.0 - sig))
+        gn = gs * w
+        # d/dx of x * rstd(x): rstd * (gn - normed * mean(gn * normed))
+        gx = rstd * (gn - normed * (tl.sum(gn * normed, axis=0) / width))
+        tl.store(gx_ptr + row * width + cols, gx.to(gx_ptr.dtype.element_ty), mask=mask)
+        tl.atomic_add(gw_ptr + cols, gs * normed, mask=mask)
+
+
+def _launch_config(width: int) -> tuple[int, int]:
+    block = triton.next_power_of_2(width)
+    return block, 8 if block >= 2048 else 4
+
+
+class _NormSiLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, eps: float, weight_grad: torch.Tensor | None):
+        width = x.shape[-1]
+        rows = x.reshape(-1, width).contiguous()
+        y = torch.empty_like(rows)
+        rstd = torch.empty(rows.shape[0], device=x.device, dtype=torch.float32)
+        block, warps = _launch_config(width)
+        _norm_silu_forward[(rows.shape[0],)](
+            rows, weight, y, rstd, width, eps, BLOCK=block, num_warps=warps
+        )
+        ctx.save_for_backward(rows, weight, rstd)
+        ctx.weight_grad = weight_grad
+        ctx.shape = x.shape
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, weight, rstd = ctx.saved_tensors
+        width = rows.shape[-1]
+        grad = grad.reshape(-1, width).contiguous()
+        grad_x = torch.empty_like(rows)
+        shared = ctx.weight_grad is not None
+        grad_w = ctx.weight_grad if shared else torch.zeros(width, device=rows.device)
+        block, warps = _launch_config(width)
+        _norm_silu_backward[(rows.shape[0],)](
+            rows, weight, rstd, grad, grad_x, grad_w, width, BLOCK=block, num_warps=warps
+        )
+        # With a shared buffer the scale's gradient is handed over once, by its owner.
+        weight_grad = None if shared else grad_w.to(weight.dtype)
+        return grad_x.view(ctx.shape), weight_grad, None, None
+
+
+def rms_norm_silu(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, weight_grad: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``silu(x * rsqrt(mean(x^2, -1) + eps) * weight)`` in one Triton kernel each way.
+
+    Args:
+        x: ``[..., D]`` (float32 or bf16).
+        weight: the norm's scale ``[D]``.
+        eps: the norm's epsilon.
+        weight_grad: a float32 ``[D]`` buffer the backward pass adds the scale's gradient to,
+            instead of returning it (one buffer for all steps of a loop, handed to autograd by
+            its owner); ``None``: returned as the gradient of ``weight`` as usual.
+    """
+    if triton is None:
+        raise RuntimeError("rms_norm_silu needs triton (pip install triton)")
+    return _NormSiLU.apply(x, weight, eps, weight_grad)
+
+
+def fused_norm_available(x: torch.Tensor) -> bool:
+    """Whether the RSSM uses :func:`rms_norm_silu` for ``x``: a CUDA tensor with triton present,
+    or any tensor under Triton's CPU interpreter (``TRITON_INTERPRET=1``, how the tests run it)."""
+    if triton is None:
+        return False
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"

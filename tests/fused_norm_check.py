@@ -1,0 +1,41 @@
+"""Run under ``TRITON_INTERPRET=1`` by tests/test_fused_norm.py: the kernel against torch."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from dreamer.world_model.fused_norm import rms_norm_silu
+
+
+def reference(x, weight, eps):
+    return F.silu(F.rms_norm(x.float(), (x.shape[-1],), weight.float(), eps)).to(x.dtype)
+
+
+def check(width: int, dtype: torch.dtype, shared: bool) -> None:
+    torch.manual_seed(width)
+    x = (torch.randn(3, 5, width) * 3).to(dtype).requires_grad_()
+    weight = (torch.rand(width) + 0.5).requires_grad_()
+    grad_out = torch.randn(3, 5, width).to(dtype)
+    expected = reference(x, weight, 1e-4)
+    expected_x, expected_w = torch.autograd.grad(expected, (x, weight), grad_out)
+    buffer = torch.zeros(width) if shared else None
+    got = rms_norm_silu(x, weight, 1e-4, buffer)
+    got_x, got_w = torch.autograd.grad(got, (x, weight), grad_out, allow_unused=True)
+    if shared:
+        assert got_w is None, "with a shared buffer the scale's gradient goes to the buffer"
+        got_w = buffer
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    assert got.dtype == dtype and got.shape == x.shape
+    torch.testing.assert_close(got.float(), expected.float(), **tol)
+    torch.testing.assert_close(got_x.float(), expected_x.float(), **tol)
+    scale = float(expected_w.abs().max())
+    torch.testing.assert_close(got_w.float(), expected_w.float(), rtol=0, atol=tol["atol"] * scale)
+
+
+if __name__ == "__main__":
+    for width in (512, 37):
+        for dtype in (torch.float32, torch.bfloat16):
+            for shared in (False, True):
+                check(width, dtype, shared)
+    print("fused norm kernel OK")
