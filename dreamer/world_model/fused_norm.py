@@ -47,24 +47,48 @@ if triton is not None:
 
     @triton.jit
     def _norm_silu_backward(
-        x_ptr, w_ptr, rstd_ptr, gy_ptr, gx_ptr, gw_ptr, width, BLOCK: tl.constexpr
+        x_ptr,
+        w_ptr,
+        rstd_ptr,
+        gy_ptr,
+        gx_ptr,
+        gw_ptr,
+        rows,
+        width,
+        ROWS_PER_PROGRAM,
+        BLOCK: tl.constexpr,
     ):
-        row = tl.program_id(0)
+        # Each program takes a run of rows and adds its scale gradient once: few atomic adds
+        # per address however many rows there are.
+        first = tl.program_id(0) * ROWS_PER_PROGRAM
         cols = tl.arange(0, BLOCK)
         mask = cols < width
-        x = tl.load(x_ptr + row * width + cols, mask=mask, other=0.0).to(tl.float32)
         w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-        gy = tl.load(gy_ptr + row * width + cols, mask=mask, other=0.0).to(tl.float32)
-        rstd = tl.load(rstd_ptr + row)
-        normed = x * rstd
-        s = normed * w
-        sig = 1.0 / (1.0 + tl.exp(-s))
-        gs = gy * sig * (1.0 + s * (1.0 - sig))
-        gn = gs * w
-        # d/dx of x * rstd(x): rstd * (gn - normed * mean(gn * normed))
-        gx = rstd * (gn - normed * (tl.sum(gn * normed, axis=0) / width))
-        tl.store(gx_ptr + row * width + cols, gx.to(gx_ptr.dtype.element_ty), mask=mask)
-        tl.atomic_add(gw_ptr + cols, gs * normed, mask=mask)
+        grad_w = tl.zeros([BLOCK], dtype=tl.float32)
+        for offset in range(0, ROWS_PER_PROGRAM):
+            row = first + offset
+            row_mask = mask & ((cols * 0 + row) < rows)
+            x = tl.load(x_ptr + row * width + cols, mask=row_mask, other=0.0).to(tl.float32)
+            gy = tl.load(gy_ptr + row * width + cols, mask=row_mask, other=0.0).to(tl.float32)
+            # (rows past the end read nothing: their zero gradient adds nothing)
+            rstd = tl.load(rstd_ptr + tl.minimum(row, rows - 1))
+            normed = x * rstd
+            s = normed * w
+            sig = 1.0 / (1.0 + tl.exp(-s))
+            gs = gy * sig * (1.0 + s * (1.0 - sig))
+            gn = gs * w
+            # d/dx of x * rstd(x): rstd * (gn - normed * mean(gn * normed))
+            gx = rstd * (gn - normed * (tl.sum(gn * normed, axis=0) / width))
+            tl.store(gx_ptr + row * width + cols, gx.to(gx_ptr.dtype.element_ty), mask=row_mask)
+            grad_w += gs * normed
+        tl.atomic_add(gw_ptr + cols, grad_w, mask=mask)
+
+
+# Backward programs per call at most: enough to fill the GPU, few enough that the atomic adds
+# of the scale's gradient do not queue on the same addresses.
+BACKWARD_PROGRAMS = 128
+# Above this many rows a call is no longer launch-bound and torch's own kernels are as fast.
+MAX_FUSED_ROWS = 4096
 
 
 def _launch_config(width: int) -> tuple[int, int]:
@@ -97,8 +121,20 @@ class _NormSiLU(torch.autograd.Function):
         shared = ctx.weight_grad is not None
         grad_w = ctx.weight_grad if shared else torch.zeros(width, device=rows.device)
         block, warps = _launch_config(width)
-        _norm_silu_backward[(rows.shape[0],)](
-            rows, weight, rstd, grad, grad_x, grad_w, width, BLOCK=block, num_warps=warps
+        count = rows.shape[0]
+        per_program = triton.cdiv(count, min(count, BACKWARD_PROGRAMS))
+        _norm_silu_backward[(triton.cdiv(count, per_program),)](
+            rows,
+            weight,
+            rstd,
+            grad,
+            grad_x,
+            grad_w,
+            count,
+            width,
+            per_program,
+            BLOCK=block,
+            num_warps=warps,
         )
         # With a shared buffer the scale's gradient is handed over once, by its owner.
         weight_grad = None if shared else grad_w.to(weight.dtype)
@@ -124,8 +160,9 @@ def rms_norm_silu(
 
 
 def fused_norm_available(x: torch.Tensor) -> bool:
-    """Whether the RSSM uses :func:`rms_norm_silu` for ``x``: a CUDA tensor with triton present,
-    or any tensor under Triton's CPU interpreter (``TRITON_INTERPRET=1``, how the tests run it)."""
-    if triton is None:
+    """Whether the RSSM uses :func:`rms_norm_silu` for ``x``: at most :data:`MAX_FUSED_ROWS`
+    rows, on a CUDA tensor with triton present or any tensor under Triton's CPU interpreter
+    (``TRITON_INTERPRET=1``, how the tests run it)."""
+    if triton is None or x.shape[:-1].numel() > MAX_FUSED_ROWS:
         return False
     return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
