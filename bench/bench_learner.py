@@ -10,7 +10,10 @@ batches (Ant's 60-dim observation, 8-dim action, episode starts at rate 1/200):
   forward/backward in a CUDA graph (no whole-step compile);
 * ``ours_eager``: our agent with :func:`dreamer.training.update.update_step`, eager fp32;
 * ``ours_graph`` / ``ours_graph_bf16``: :class:`dreamer.training.graphed_update.GraphedUpdate`;
-* ``..._compiled``: the same with the four MLPs compiled (card fix 4).
+* ``..._compiled``: the same with the four MLPs compiled (card fix 4);
+* ``..._unfused``: any ``ours_*`` variant with the Triton kernels of
+  :mod:`dreamer.world_model.fused_ops` off (``learner.fused_kernels=false``), to time them
+  against the torch code at the same sizes, e.g. ``16x64:ours_graph,ours_graph_unfused``.
 
 Usage::
 
@@ -54,6 +57,7 @@ from dreamer.training.config_check import resolve_compile  # noqa: E402
 from dreamer.training.graphed_update import GraphedUpdate  # noqa: E402
 from dreamer.training.loop import make_training_env, use_tf32  # noqa: E402
 from dreamer.training.update import update_step  # noqa: E402
+from dreamer.world_model.fused_ops import set_fused_kernels  # noqa: E402
 from dreamer.world_model.networks import model_size_from_config  # noqa: E402
 
 
@@ -108,6 +112,8 @@ def build_update(variant: str, cfg, env, example):
             return (lambda s: stepper.step(None, s)), (lambda s: stock_sequences(s, size))
         return learner.update, (lambda s: stock_sequences(s, size))
     agent = build_agent(cfg, env)
+    # Read when the update runs, so a graph keeps what was set at its capture (just below).
+    set_fused_kernels("unfused" not in variant)
     if variant.startswith("ours_eager"):
         return (lambda s: update_step(agent, s)), (lambda s: s)
     graphed = GraphedUpdate(agent, example, mixed_precision="bf16" in variant)
@@ -204,6 +210,7 @@ def count_update_ops(variant: str, batch: int, steps: int, args) -> str:
     obs_dim = env.observation_spec["policy"].shape[-1]
     action_dim = env.action_spec.shape[-1]
     sample = random_sequences(batch, steps, obs_dim, action_dim, torch.device(args.device))
+    set_fused_kernels("unfused" not in variant)  # no change on a CPU: the kernels are CUDA-only
     update = GraphedUpdate(
         build_agent(cfg, env), sample, cuda_graph=False, mixed_precision="bf16" in variant
     )

@@ -48,6 +48,7 @@ from dreamer.training.restore import (
     training_payload,
 )
 from dreamer.training.signals import StopOnSignal
+from dreamer.world_model.fused_ops import set_fused_kernels
 from dreamer.world_model.networks import model_size_from_config
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ def train(cfg: DictConfig) -> dict:
         # the acting copy may live on another GPU (pipeline.acting_device).
         torch.cuda.set_device(indexed_cuda_device(cfg.device))
         use_tf32(bool(cfg.learner.tf32))
+    set_fused_kernels(bool(cfg.learner.fused_kernels))  # before the learner's graph is captured
     resume_state = read_resume_checkpoint(cfg) if cfg.resume is not None else None
     rank = init_distributed(cfg)  # per-rank device and seed; rank 0 alone writes files
     torch.manual_seed(int(cfg.seed))

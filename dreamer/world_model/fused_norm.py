@@ -19,9 +19,9 @@ interpreter on the CPU: ``tests/test_fused_norm.py``).
 
 from __future__ import annotations
 
-import os
-
 import torch
+
+from dreamer.world_model.fused_ops import use_fused
 
 try:
     import triton
@@ -160,9 +160,7 @@ def rms_norm_silu(
 
 
 def fused_norm_available(x: torch.Tensor) -> bool:
-    """Whether the RSSM uses :func:`rms_norm_silu` for ``x``: at most :data:`MAX_FUSED_ROWS`
-    rows, on a CUDA tensor with triton present or any tensor under Triton's CPU interpreter
-    (``TRITON_INTERPRET=1``, how the tests run it)."""
-    if triton is None or x.shape[:-1].numel() > MAX_FUSED_ROWS:
-        return False
-    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    """Whether the RSSM uses :func:`rms_norm_silu` for ``x``: where the other fused kernels run
+    (:func:`~dreamer.world_model.fused_ops.use_fused`, ``learner.fused_kernels``), for at most
+    :data:`MAX_FUSED_ROWS` rows."""
+    return use_fused(x) and x.shape[:-1].numel() <= MAX_FUSED_ROWS

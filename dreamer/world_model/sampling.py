@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from dreamer.world_model import fused_ops
+
 
 def race_noise(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
     """``Exp(1)`` draws of ``shape`` (float32, on ``like``'s device): the noise of one sample per
@@ -35,7 +37,11 @@ def straight_through_sample(
 
     Returns:
         ``[..., num_categoricals, num_classes]``: one-hot forward, softmax gradient backward.
+        On CUDA this is one Triton kernel each way (:mod:`~dreamer.world_model.fused_ops`),
+        whose forward is the exact one-hot rather than its rounding below.
     """
+    if fused_ops.use_fused(logits, noise):
+        return fused_ops.fused_straight_through_sample(logits, unimix, noise)
     probs = torch.softmax(logits, dim=-1)
     if unimix:
         probs = (1 - unimix) * probs + unimix / logits.shape[-1]

@@ -1,0 +1,213 @@
+"""The Triton kernels of ``dreamer.world_model.fused_ops`` compute what the torch code computes.
+
+The kernels run on the CPU through Triton's interpreter, which must be switched on before Triton
+is imported. Other tests import the project (and so Triton) into pytest's process first, so all
+kernel checks run in one subprocess that starts with ``TRITON_INTERPRET=1`` (this file, run as a
+script); each pytest test reads its case's outcome. Tolerances: float32 values and gradients
+``rtol=1e-5, atol=1e-6`` against the torch code (the kernels round differently, e.g. tanh as
+``2 sigmoid(2x) - 1``); bfloat16 ones ``rtol=1.6e-2, atol=1e-5`` (one or two bf16 roundings)
+against the torch code on the same inputs in float32, which is what the kernels compute before
+their single rounding. Sample indices must equal torch's ``argmax`` exactly.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TOLERANCE = {torch.float32: {"rtol": 1e-5, "atol": 1e-6}, torch.bfloat16: {"rtol": 1.6e-2, "atol": 1e-5}}  # fmt: skip
+UPDATE_BIAS = -1.0
+
+
+def _reference_gru(gates: torch.Tensor, belief: torch.Tensor) -> torch.Tensor:
+    """``gru_step``'s torch gate arithmetic on block-major gates ``[blocks, N, 3 g]``."""
+    grouped = belief.unflatten(-1, (gates.shape[0], -1))
+    reset, candidate, update = gates.transpose(0, 1).unflatten(-1, (3, -1)).unbind(-2)
+    candidate = (reset.sigmoid() * candidate).tanh()
+    update = (update + UPDATE_BIAS).sigmoid()
+    return torch.addcmul(grouped, update, candidate - grouped).flatten(-2)
+
+
+def _value_and_grads(fn, *inputs: torch.Tensor) -> list[torch.Tensor]:
+    """``fn(*inputs)`` and the gradients of a fixed random weighting of it."""
+    out = fn(*inputs)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(9))
+    grads = torch.autograd.grad((weight * out.float()).sum(), inputs)
+    return [out.detach(), *grads]
+
+
+def _leaf(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return tensor.to(dtype).detach().requires_grad_()
+
+
+def check_gru(
+    rows: int, blocks: int, group: int, dtype: torch.dtype, layout: str, belief_dtype=None
+) -> None:
+    """``layout``: ``dense`` inputs, or gates as a transposed view and the belief as every other
+    column of a wider tensor (``strided``) or as one row expanded (``expanded``, the filter's
+    ``h0``). ``belief_dtype`` (default ``dtype``): bf16 autocast gives bf16 gates and a float32
+    belief."""
+    from dreamer.world_model.fused_ops import gru_gate_update
+
+    torch.manual_seed(0)
+    dense = layout == "dense"
+    gates = torch.randn(*((blocks, rows) if dense else (rows, blocks)), 3 * group) * 2
+    width = {"dense": blocks * group, "strided": 2 * blocks * group, "expanded": blocks * group}
+    belief = torch.randn(1 if layout == "expanded" else rows, width[layout])
+    gates, belief = _leaf(gates, dtype), _leaf(belief, belief_dtype or dtype)
+    out_dtype = torch.promote_types(gates.dtype, belief.dtype)
+
+    def views(g, b):
+        b = b[:, ::2] if layout == "strided" else b.expand(rows, -1)
+        return (g if dense else g.transpose(0, 1)), b
+
+    def fused(g, b):
+        return gru_gate_update(*views(g, b), UPDATE_BIAS)
+
+    def reference(g, b):
+        return _reference_gru(*views(g.float(), b.float())).to(out_dtype)
+
+    leaves = (gates, belief)
+    got = _value_and_grads(fused, *leaves)
+    expected = _value_and_grads(reference, *leaves)
+    assert [x.dtype for x in got] == [out_dtype, gates.dtype, belief.dtype]
+    for name, g, e in zip(("value", "d gates", "d belief"), got, expected, strict=True):
+        torch.testing.assert_close(g.float(), e.float(), **TOLERANCE[g.dtype], msg=name)
+
+
+def check_sample(shape: tuple[int, ...], dtype: torch.dtype, unimix: float) -> None:
+    from dreamer.world_model.fused_ops import fused_straight_through_sample
+    from dreamer.world_model.sampling import straight_through_sample
+
+    torch.manual_seed(1)
+    logits = _leaf(torch.randn(shape) * 3, dtype)
+    # The filter's noise: one step of a [B, T, C, K] draw, a non-contiguous view.
+    noise = torch.empty(shape[0], 3, *shape[1:]).exponential_()[:, 1]
+    got = _value_and_grads(lambda x: fused_straight_through_sample(x, unimix, noise), logits)
+    expected = _value_and_grads(
+        lambda x: straight_through_sample(x.float(), unimix, noise).to(dtype), logits
+    )
+    assert got[0].dtype == dtype and got[1].dtype == dtype
+    assert set(got[0].unique().tolist()) == {0.0, 1.0}, "the forward is the exact one-hot"
+    assert torch.equal(got[0].sum(-1), torch.ones(shape[:-1], dtype=dtype))
+    assert torch.equal(got[0].argmax(-1), expected[0].argmax(-1)), "index differs from torch's"
+    torch.testing.assert_close(got[0].float(), expected[0].float(), rtol=0, atol=1e-6)
+    torch.testing.assert_close(got[1].float(), expected[1].float(), **TOLERANCE[dtype])
+
+
+def check_sample_under_autocast() -> None:
+    """Autocast runs torch's softmax in float32, so the fused sample returns float32 there too."""
+    from dreamer.world_model.fused_ops import fused_straight_through_sample
+
+    logits = torch.randn(4, 3, 5, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sample = fused_straight_through_sample(logits, 0.01, torch.ones(4, 3, 5))
+    assert sample.dtype == torch.float32
+
+
+def check_filter_uses_the_kernels() -> None:
+    """The filter with the kernels wired in (forced on for CPU tensors) matches the step-by-step
+    filter on TorchRL's cells, values and gradients (``test_fast_filter``'s tolerances)."""
+    from test_fast_filter import _case, _objective, reference_filter
+
+    from dreamer.world_model import fused_ops
+    from dreamer.world_model.rssm import observe_sequence
+
+    calls = {"n": 0}
+
+    def forced(*tensors):
+        calls["n"] += 1
+        return True
+
+    prior, posterior, inputs, noise = _case()
+    leaves = [*prior.parameters(), *posterior.parameters(), *inputs[:3]]
+    expected = reference_filter(prior, posterior, *inputs, noise)
+    expected_grads = torch.autograd.grad(_objective(expected), leaves)
+    original, fused_ops.use_fused = fused_ops.use_fused, forced
+    try:
+        got = observe_sequence(prior, posterior, *inputs, noise=noise)
+        got_grads = torch.autograd.grad(_objective(got), leaves)
+    finally:
+        fused_ops.use_fused = original
+    steps = inputs[2].shape[1]
+    assert calls["n"] == 2 * steps + 2, calls  # GRU and sample per step; h0 and z0 once each
+    # Relative to each output's scale, as for the gradients: the RMS-normed prior head scales
+    # the beliefs' rounding (the kernel's tanh is ~3 ulp, torch's ~1) to ~2e-6 in logits of ~3.
+    for key in expected:
+        scale = float(expected[key].detach().abs().max())
+        atol = 1e-6 * scale + 1e-6
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=atol, msg=key)
+    for index, (g, e) in enumerate(zip(got_grads, expected_grads, strict=True)):
+        scale = float(e.abs().max())
+        torch.testing.assert_close(g, e, rtol=0, atol=1e-5 * scale + 1e-6, msg=f"leaf {index}")
+
+
+F32, BF16 = torch.float32, torch.bfloat16
+CASES = {
+    "gru_12m_fp32": (check_gru, (16, 8, 256, F32, "dense")),
+    "gru_12m_bf16": (check_gru, (16, 8, 256, BF16, "dense")),
+    "gru_12m_bf16_gates_fp32_belief": (check_gru, (16, 8, 256, BF16, "dense", F32)),
+    "gru_odd_strided_fp32": (check_gru, (7, 3, 37, F32, "strided")),
+    "gru_odd_strided_bf16": (check_gru, (7, 3, 37, BF16, "strided")),
+    "gru_odd_expanded_fp32": (check_gru, (5, 3, 19, F32, "expanded")),
+    "sample_12m_fp32_unimix0": (check_sample, ((16, 32, 16), F32, 0.0)),
+    "sample_12m_fp32_unimix001": (check_sample, ((16, 32, 16), F32, 0.01)),
+    "sample_12m_bf16_unimix001": (check_sample, ((16, 32, 16), BF16, 0.01)),
+    "sample_odd_fp32_unimix0": (check_sample, ((5, 3, 7, 11), F32, 0.0)),
+    "sample_odd_fp32_unimix001": (check_sample, ((5, 3, 7, 11), F32, 0.01)),
+    "sample_odd_bf16_unimix0": (check_sample, ((5, 3, 7, 11), BF16, 0.0)),
+    "sample_autocast_float32": (check_sample_under_autocast, ()),
+    "filter_uses_the_kernels": (check_filter_uses_the_kernels, ()),
+}
+
+
+def run_cases() -> dict[str, str]:
+    """Every case's outcome: ``"ok"`` or its traceback."""
+    assert os.environ.get("TRITON_INTERPRET") == "1" and "triton" not in sys.modules
+    results = {}
+    for name, (check, args) in CASES.items():
+        try:
+            check(*args)
+            results[name] = "ok"
+        except Exception:
+            results[name] = traceback.format_exc()
+    return results
+
+
+@pytest.fixture(scope="module")
+def interpreted() -> dict[str, str]:
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_kernel_matches_torch_in_the_interpreter(case: str, interpreted: dict[str, str]):
+    assert interpreted[case] == "ok", interpreted[case]
+
+
+def test_the_fused_path_is_for_cuda_tensors_and_can_be_switched_off():
+    from dreamer.world_model import fused_ops
+
+    assert fused_ops.triton is not None, "triton is a test dependency (pyproject's dev extra)"
+    assert not fused_ops.use_fused(torch.zeros(1)), "CPU tensors run the torch code"
+    assert fused_ops.fused_kernels_enabled()
+    try:
+        fused_ops.set_fused_kernels(False)
+        assert not fused_ops.fused_kernels_enabled()
+    finally:
+        fused_ops.set_fused_kernels(True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    print(json.dumps(run_cases()))
