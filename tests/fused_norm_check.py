@@ -38,6 +38,13 @@ if __name__ == "__main__":
         for dtype in (torch.float32, torch.bfloat16):
             for shared in (False, True):
                 check(width, dtype, shared)
+    # A scale that wants no gradient (held out of the graph) gets none, the input still does.
+    x = torch.randn(4, 37, requires_grad=True)
+    held_out = torch.rand(37) + 0.5
+    (grad_x,) = torch.autograd.grad(rms_norm_silu(x, held_out, 1e-4).sum(), x)
+    torch.testing.assert_close(
+        grad_x, torch.autograd.grad(reference(x, held_out, 1e-4).sum(), x)[0]
+    )
     # Several rows per backward program, the last program's run cut short (257 = 86 * 3 - 1).
     check(37, torch.float32, True, rows=257)
     print("fused norm kernel OK")

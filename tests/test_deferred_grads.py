@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from torch import nn
@@ -96,8 +99,22 @@ def test_layers_refuse_use_before_anchor():
 
 def test_deferral_only_for_few_rows_with_grad():
     """Many rows per step would keep gigabytes of gradients (256x64 imagination ran out of an
-    H100's memory); no recording without grad."""
-    assert worth_deferring(16) and worth_deferring(MAX_DEFERRED_ROWS)
-    assert not worth_deferring(MAX_DEFERRED_ROWS + 1)
+    H100's memory); no recording without grad or for weights that want none."""
+    weights = [(torch.zeros(2, requires_grad=True), None)]
+    assert worth_deferring(16, weights) and worth_deferring(MAX_DEFERRED_ROWS, weights)
+    assert not worth_deferring(MAX_DEFERRED_ROWS + 1, weights)
+    assert not worth_deferring(16, [(torch.zeros(2), None)])
     with torch.no_grad():
-        assert not worth_deferring(16)
+        assert not worth_deferring(16, weights)
+
+
+def test_a_loop_whose_weights_get_no_gradient_leaves_nothing_behind():
+    """Recorded inputs must not keep the loop's graph alive (a reference cycle through autograd's
+    C++ graph leaked every imagination's activations until this was fixed)."""
+    cell, block, block_bias, head, x0, inputs = parameters()
+    layers = DeferredLayers([(cell.weight, cell.bias), (block, block_bias), (head.weight, None)])
+    toy_loop(cell, block, block_bias, head, x0, inputs, layers)  # no backward at all
+    alive = weakref.ref(layers.layers[id(cell.weight)].inputs[-1])
+    del layers
+    gc.collect()
+    assert alive() is None

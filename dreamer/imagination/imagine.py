@@ -58,8 +58,8 @@ def imagine(
     """
     state, belief = start.get("state"), start.get("belief")
     deferred = None
-    if worth_deferring(state.shape[:-1].numel()):
-        layers = gru_layers(parts) + linear_layers(parts.head)
+    layers = gru_layers(parts) + linear_layers(parts.head)
+    if worth_deferring(state.shape[:-1].numel(), layers):
         fused = fused_norm_available(state)
         norms = gru_norms(parts) + norm_scales(parts.head) if fused else []
         deferred = DeferredLayers(layers, compute_dtype(state), norms)

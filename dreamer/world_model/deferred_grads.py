@@ -31,10 +31,13 @@ import torch.nn.functional as F
 MAX_DEFERRED_ROWS = 4096
 
 
-def worth_deferring(rows: int) -> bool:
-    """Whether a loop over ``rows`` rows per step should defer its weight gradients: only when
-    gradients are being recorded and the rows are few (:data:`MAX_DEFERRED_ROWS`)."""
-    return torch.is_grad_enabled() and rows <= MAX_DEFERRED_ROWS
+def worth_deferring(rows: int, weights: list[tuple[torch.Tensor, torch.Tensor | None]]) -> bool:
+    """Whether a loop over ``rows`` rows per step should defer the gradients of ``weights``:
+    only when gradients are being recorded, some of the weights want one (TorchRL's actor loss
+    holds the world model out of the imagination's graph), and the rows are few
+    (:data:`MAX_DEFERRED_ROWS`)."""
+    wanted = any(w.requires_grad for pair in weights for w in pair if w is not None)
+    return torch.is_grad_enabled() and wanted and rows <= MAX_DEFERRED_ROWS
 
 
 @dataclass
@@ -106,7 +109,9 @@ class _DeferredMatmul(torch.autograd.Function):
             out = F.linear(x, weight, bias)
         ctx.layer, ctx.block, ctx.index = layer, block, len(layer.inputs)
         ctx.has_base = base is not None
-        layer.inputs.append(x)
+        # Detached: kept with its grad_fn, the list would tie this node to its own inputs in a
+        # reference cycle through autograd's C++ graph, which the garbage collector cannot free.
+        layer.inputs.append(x.detach())
         return out
 
     @staticmethod

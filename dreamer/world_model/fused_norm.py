@@ -57,6 +57,7 @@ if triton is not None:
         width,
         ROWS_PER_PROGRAM,
         BLOCK: tl.constexpr,
+        WEIGHT_GRAD: tl.constexpr,
     ):
         # Each program takes a run of rows and adds its scale gradient once: few atomic adds
         # per address however many rows there are.
@@ -81,7 +82,8 @@ if triton is not None:
             gx = rstd * (gn - normed * (tl.sum(gn * normed, axis=0) / width))
             tl.store(gx_ptr + row * width + cols, gx.to(gx_ptr.dtype.element_ty), mask=row_mask)
             grad_w += gs * normed
-        tl.atomic_add(gw_ptr + cols, grad_w, mask=mask)
+        if WEIGHT_GRAD:  # a scale held out of the graph (TorchRL's actor loss) needs none
+            tl.atomic_add(gw_ptr + cols, grad_w, mask=mask)
 
 
 # Backward programs per call at most: enough to fill the GPU, few enough that the atomic adds
@@ -119,7 +121,10 @@ class _NormSiLU(torch.autograd.Function):
         grad = grad.reshape(-1, width).contiguous()
         grad_x = torch.empty_like(rows)
         shared = ctx.weight_grad is not None
-        grad_w = ctx.weight_grad if shared else torch.zeros(width, device=rows.device)
+        wanted = shared or ctx.needs_input_grad[1]
+        grad_w = ctx.weight_grad if shared else None
+        if grad_w is None:
+            grad_w = torch.zeros(width, device=rows.device) if wanted else grad_x
         block, warps = _launch_config(width)
         count = rows.shape[0]
         per_program = triton.cdiv(count, min(count, BACKWARD_PROGRAMS))
@@ -134,10 +139,11 @@ class _NormSiLU(torch.autograd.Function):
             width,
             per_program,
             BLOCK=block,
+            WEIGHT_GRAD=wanted,
             num_warps=warps,
         )
         # With a shared buffer the scale's gradient is handed over once, by its owner.
-        weight_grad = None if shared else grad_w.to(weight.dtype)
+        weight_grad = grad_w.to(weight.dtype) if wanted and not shared else None
         return grad_x.view(ctx.shape), weight_grad, None, None
 
 

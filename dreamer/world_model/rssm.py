@@ -81,10 +81,10 @@ def observe_sequence(
     step_noise = noise[1].unbind(1)
 
     deferred = None
-    if worth_deferring(batch):
-        # Weight gradients of the loop's layers: one matmul each after the loop's backward.
-        # (the action branch runs before the loop, on all steps at once)
-        layers = gru_layers(cell, with_action=False) + posterior_layers(post)
+    # Weight gradients of the loop's layers: one matmul each after the loop's backward.
+    # (the action branch runs before the loop, on all steps at once)
+    layers = gru_layers(cell, with_action=False) + posterior_layers(post)
+    if worth_deferring(batch, layers):
         norms = gru_norms(cell, False) + posterior_norms(post) if fused_norm_available(h0) else []
         deferred = DeferredLayers(layers, compute_dtype(embed_next), norms)
         # Every step depends on these (segment starts are mixed in below).
