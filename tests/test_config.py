@@ -150,6 +150,15 @@ def test_graph_learner_needs_cuda():
         validate_config(_cfg("learner.mode=fast"))
 
 
+def test_pipeline_modes():
+    for mode in ("sync", "async", "process"):
+        validate_config(_cfg(f"pipeline.mode={mode}"))
+    with pytest.raises(ConfigError, match="must be sync, async or process"):
+        validate_config(_cfg("pipeline.mode=thread"))
+    with pytest.raises(ConfigError, match="with collector.backend=ray use pipeline.mode=sync"):
+        validate_config(_cfg("pipeline.mode=process", "collector.backend=ray"))
+
+
 def test_two_gpu_layout_falls_back_to_one_visible_gpu(monkeypatch):
     import torch
 
