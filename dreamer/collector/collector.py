@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from omegaconf import OmegaConf
 from torchrl.collectors import Collector
@@ -84,11 +82,15 @@ def batch_keys(cfg) -> list:
 
 
 def worker_config(cfg, acting_device: torch.device) -> dict:
-    """``cfg`` for the collection worker: acting on ``acting_device``, nothing compiled."""
-    cfg = copy.deepcopy(cfg)
-    cfg.device = str(acting_device)
-    cfg.compile.enabled = False
-    return OmegaConf.to_container(cfg, resolve=True)
+    """``cfg`` for the collection worker: acting on ``acting_device``, nothing compiled.
+
+    Resolved first, so settings that follow ``device`` (``env.device``, ``storing_device``) keep
+    the training process's values, as in the thread mode.
+    """
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container["device"] = str(acting_device)
+    container["compile"]["enabled"] = False
+    return container
 
 
 def collection_worker(cfg_container: dict):

@@ -1,39 +1,35 @@
 """Collection in its own process: env, acting policy and TorchRL ``Collector`` beside the learner.
 
-``pipeline.mode=async`` collects in a thread that shares the training process's interpreter (and
-GIL); here a spawned worker process builds the env from the config (``make_training_env``), an
-acting copy of the policy (``build_agent(...).policy``, its weights replaced by the learner's) and
-TorchRL's ``Collector`` (``make_collector``), and only *produces* batches. The training process
-alone calls the replay's ``extend`` and ``sample``, so the race that made TorchRL revert its async
-Dreamer cannot happen. TorchRL's ``MultiaSyncDataCollector`` was not used: its worker writes every
-rollout into one shared buffer and is told to continue before the batch is handed out, so it may
-overwrite a batch the learner is still extending; it allows one batch ahead per worker only; and
-its weight updates may land while the worker acts.
+``pipeline.mode=async`` collects in a thread sharing the training process's interpreter (and
+GIL). Here a spawned worker builds the env from the config (``make_training_env``), an acting
+policy (``build_agent(...).policy``, weights replaced by the learner's) and TorchRL's
+``Collector`` (``make_collector``), and only *produces* batches: the training process alone
+calls the replay's ``extend`` and ``sample``, so TorchRL's async-Dreamer race cannot happen.
+TorchRL's ``MultiaSyncDataCollector`` was not used: its worker rewrites one shared buffer and is
+told to continue before the batch is handed out (it may overwrite a batch being extended), runs
+one batch ahead at most, and its weight updates may land while it acts.
 
-Batches: the worker keeps a ring of ``max_batches_ahead + 1`` preallocated batches (the selected
-``keys`` only), shared once with the training process (CPU shared memory, or CUDA IPC for batches
-on a GPU), copies each new batch into a free slot and sends the slot number through a pipe. The
-training process yields the slot and hands it back when the next batch is asked for, so at most
-``max_batches_ahead`` finished batches wait and the worker blocks when none is free. Messages go
-through pipes, pickled by the sender itself: a message that cannot be sent fails there, never
-silently in a queue's feeder thread, and none is lost when the worker crashes after sending. CUDA IPC
-lifetime: the worker owns the ring and keeps it alive until :meth:`ProcessCollector.shutdown`
-has dropped the training process's mappings; a CUDA slot is copied (``clone``) before it is
-yielded and returned only after that copy's event completed, since the learner's stream reads
-it asynchronously. A yielded CPU batch is valid until the next one is asked for.
+Batches: the worker fills a ring of ``max_batches_ahead + 1`` preallocated batches (the selected
+``keys`` only), shared once (CPU shared memory, or CUDA IPC), and sends slot numbers through a
+pipe; the training process hands a slot back when it asks for the next batch, so at most
+``max_batches_ahead`` batches wait. Pipes pickle in the sender: an unsendable message fails
+there, not silently in a queue's feeder thread. CUDA IPC lifetime: the worker owns the ring and
+keeps it until :meth:`ProcessCollector.shutdown` has dropped the training process's mappings; a
+CUDA slot is cloned before it is yielded and handed back once that copy's event completed. A
+yielded CPU batch is valid until the next one is asked for.
 
-Weights: two shared copies of the policy weights on the acting device and a version counter;
-version ``v`` lives in copy ``v % 2``. The learner writes the next version into the copy the
-worker does not read, publishes it (bumps the counter under a lock) once written (on CUDA when an
-event says the copy finished, checked without blocking) and the worker, between two acting
-steps, copies the published version into its acting weights under the same lock. The worker
-never acts with half-copied weights and the learner never waits for the worker.
+Weights: two shared copies on the acting device and a version counter; version ``v`` lives in
+copy ``v % 2``. The learner writes the next version into the copy the worker does not read and
+publishes it (bumps the counter under a lock) once written (on CUDA when an event says so,
+checked without blocking); the worker, between two acting steps, copies the published version
+into its acting weights under the same lock. No step acts with half-copied weights and the
+learner never waits for the worker.
 
-Checkpoints: the training process's own env is built for its specs and never stepped. Each batch
-carries the worker env's generator state, mirrored into that env, so a checkpoint saves the state
-after the last batch the learner consumed, and a resumed worker starts from it. The worker's
-torch generator (action noise, random prefill) is not saved: it is seeded from the training
-process's generator, so a resumed run does not replay the first run's noise.
+Checkpoints: the training process's own env only gives specs and is never stepped. Each batch
+carries the worker env's generator state, mirrored into that env, so a checkpoint holds the
+state after the last batch consumed and a resumed worker starts from it. The worker's torch
+generator (action noise, random prefill) is not saved; it is seeded from the training process's
+generator, so a resumed run does not replay the first run's noise.
 """
 
 from __future__ import annotations
