@@ -1,11 +1,11 @@
-"""Collection and training together: env steps/s, updates/s and learner busy %, sync vs async.
+"""Collection and training together: env steps/s, updates/s and learner busy %, per pipeline mode.
 
 Runs the real training loop (:func:`dreamer.training.loop.train`) for a fixed number of frames in
 each pipeline mode and reports its steady-state figures (from the first update on, the random
 prefill left out). Usage::
 
     python bench/bench_pipeline.py --device cuda --num-envs 4096 --frames 3000000 \
-        --train-ratio 0.1 --modes sync async --json out.json
+        --train-ratio 0.1 --modes sync async process --json out.json
 """
 
 from __future__ import annotations
@@ -90,11 +90,11 @@ def main() -> None:
     }
     print(meta)
     print(
-        f"{'mode':6s} {'env steps/s':>12s} {'updates/s':>10s} {'learner busy':>13s} {'wall s':>7s}"
+        f"{'mode':7s} {'env steps/s':>12s} {'updates/s':>10s} {'learner busy':>13s} {'wall s':>7s}"
     )
     for row in rows:
         print(
-            f"{row['mode']:6s} {row['env_steps_per_s']:12,.0f} {row['updates_per_s']:10.2f} "
+            f"{row['mode']:7s} {row['env_steps_per_s']:12,.0f} {row['updates_per_s']:10.2f} "
             f"{row['learner_busy']:13.0%} {row['wall_s']:7.1f}"
         )
     if args.json:

@@ -12,7 +12,12 @@ from toy_env import ToyBatchedEnv
 
 from dreamer.imagination.model_env import copy_unbatched_specs
 from dreamer.policy.acting import make_state_primer
-from dreamer.replay.buffer import make_replay_buffer, select_for_storage, to_sequences
+from dreamer.replay.buffer import (
+    drop_padding,
+    make_replay_buffer,
+    select_for_storage,
+    to_sequences,
+)
 from dreamer.world_model.networks import ModelSize, make_rssm_cells
 from dreamer.world_model.rssm import observe_sequence
 
@@ -114,7 +119,7 @@ def test_samples_are_truncated_to_a_multiple_of_the_sequence_length():
     buffer = _filled_buffer(batch_length=6)
     sizes = set()
     for _ in range(20):
-        flat = buffer.sample()
+        flat = drop_padding(buffer.sample())  # the ragged sample (see dreamer.replay.buffer)
         sizes.add(flat.shape[0])
         seq = to_sequences(flat, 6)
         assert seq.shape[1] == 6

@@ -150,6 +150,15 @@ def test_graph_learner_needs_cuda():
         validate_config(_cfg("learner.mode=fast"))
 
 
+def test_pipeline_modes():
+    for mode in ("sync", "async", "process"):
+        validate_config(_cfg(f"pipeline.mode={mode}"))
+    with pytest.raises(ConfigError, match="must be sync, async or process"):
+        validate_config(_cfg("pipeline.mode=thread"))
+    with pytest.raises(ConfigError, match="with collector.backend=ray use pipeline.mode=sync"):
+        validate_config(_cfg("pipeline.mode=process", "collector.backend=ray"))
+
+
 def test_two_gpu_layout_falls_back_to_one_visible_gpu(monkeypatch):
     import torch
 
@@ -164,3 +173,12 @@ def test_two_gpu_layout_falls_back_to_one_visible_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     cfg = _cfg("device=cuda:1", "env.device=cuda:0")
     assert fit_devices_to_visible_gpus(cfg) == [] and cfg.device == "cuda:1"
+
+
+def test_the_collection_worker_keeps_the_settings_that_follow_device():
+    from dreamer.collector.collector import worker_config
+
+    cfg = _cfg("device=cuda:1", "pipeline.acting_device=cuda:0", "compile.enabled=true")
+    worker = worker_config(cfg, torch.device("cuda:0"))
+    assert worker["device"] == "cuda:0" and worker["compile"]["enabled"] is False
+    assert worker["env"]["device"] == worker["collector"]["storing_device"] == "cuda:1"

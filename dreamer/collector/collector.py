@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from omegaconf import OmegaConf
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
 
@@ -37,15 +38,29 @@ def make_collector(
 
 
 def make_batch_source(cfg, env: EnvBase, policy):
-    """Where training batches come from: the collector itself (``pipeline.mode=sync``), or the
+    """Where training batches come from: the collector itself (``pipeline.mode=sync``), the
     collector running ahead in a background thread with its own acting copy of ``policy``
-    (``pipeline.mode=async``, see :mod:`dreamer.collector.background`)."""
+    (``pipeline.mode=async``, see :mod:`dreamer.collector.background`), or in a worker process
+    with its own env and acting copy (``pipeline.mode=process``, see
+    :mod:`dreamer.collector.process`; ``env`` then only gives specs and mirrors the RNG state)."""
     mode = str(cfg.pipeline.mode)
     if mode == "sync":
         return make_collector(cfg, env, policy)
-    from dreamer.collector.background import BackgroundCollector
-
     acting_device = torch.device(cfg.pipeline.acting_device or cfg.env.device)
+    if mode == "process":
+        from functools import partial
+
+        from dreamer.collector.process import ProcessCollector
+
+        return ProcessCollector(
+            partial(collection_worker, worker_config(cfg, acting_device)),
+            policy,
+            acting_device,
+            max_batches_ahead=int(cfg.pipeline.max_batches_ahead),
+            keys=batch_keys(cfg),
+            mirror_env=env,
+        )
+    from dreamer.collector.background import BackgroundCollector
 
     def build(acting_policy):
         return make_collector(cfg, env, acting_policy, policy_device=acting_device)
@@ -53,3 +68,43 @@ def make_batch_source(cfg, env: EnvBase, policy):
     return BackgroundCollector(
         build, policy, acting_device, max_batches_ahead=int(cfg.pipeline.max_batches_ahead)
     )
+
+
+def batch_keys(cfg) -> list:
+    """What the training loop reads from a batch: stored keys, the model's observations and
+    episode stats (the acting state is left in the worker)."""
+    from dreamer.replay.buffer import STORED_KEYS
+    from dreamer.training.metrics import EPISODE_KEYS
+    from dreamer.world_model.observations import obs_keys_from_config
+
+    obs_keys = obs_keys_from_config(cfg.model)
+    return [*STORED_KEYS, *obs_keys, *(("next", key) for key in obs_keys), *EPISODE_KEYS]
+
+
+def worker_config(cfg, acting_device: torch.device) -> dict:
+    """``cfg`` for the collection worker: acting on ``acting_device``, nothing compiled.
+
+    Resolved first, so settings that follow ``device`` (``env.device``, ``storing_device``) keep
+    the training process's values, as in the thread mode.
+    """
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container["device"] = str(acting_device)
+    container["compile"]["enabled"] = False
+    return container
+
+
+def collection_worker(cfg_container: dict):
+    """Runs in the ``pipeline.mode=process`` worker: the training env (same config and seed as
+    the training process's), an acting policy whose weights the learner's replace, and a
+    function that builds the collector around the synced policy."""
+    from dreamer.agent import build_agent
+    from dreamer.training.loop import make_training_env
+
+    cfg = OmegaConf.create(cfg_container)
+    env = make_training_env(cfg)
+    policy = build_agent(cfg, env).policy.requires_grad_(False)
+
+    def build(acting_policy):
+        return make_collector(cfg, env, acting_policy, policy_device=torch.device(cfg.device))
+
+    return env, policy, build

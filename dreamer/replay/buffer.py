@@ -5,6 +5,13 @@ elements than asked whenever a slice meets an episode end, so the flat sample is
 multiple of ``batch_length`` before the reshape. Rows may then hold pieces of several slices;
 the sampler marks every slice start with ``is_init`` (OR-ed with the stored episode starts), and
 the RSSM filter restarts at each one, so no state leaks across a join.
+
+The sampler pads short slices (``pad_output=True``) and :func:`to_sequences` drops the padding
+again, which gives the very steps TorchRL's ragged output holds, in the same order, for less host
+work: a ragged sample that meets a trajectory shorter than ``batch_length`` (there is always one:
+episode ends, the write cursor) builds its index slice by slice, with a host-device sync per slice
+(``torch.arange`` of a device scalar), while the padded index is built in one vectorised pass and
+dropping the padding costs one boolean index (one sync).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ STORED_KEYS = (
     ("next", "final_obs_valid"),
 )
 REWARD_KEY = ("next", "reward")
+# Where SliceSampler(pad_output=True) marks real (True) vs padding (False) steps.
+PADDING_MASK = ("collector", "mask")
 # False where ("next", "policy") is not the episode's true final observation (an Isaac Lab version
 # without compute_final_obs): the world model skips those reconstruction targets. Envs that always
 # return the true final observation (the embedded MuJoCo backend) do not emit it.
@@ -47,6 +56,7 @@ def make_replay_buffer(
         cache_values=True,
         end_key=("next", "done"),
         strict_length=False,
+        pad_output=True,  # see the module docstring: dropped again in to_sequences
         truncated_key=("next", "truncated"),
     )
     return TensorDictReplayBuffer(
@@ -75,11 +85,25 @@ def select_for_storage(
     return stored
 
 
+def drop_padding(sample: TensorDictBase) -> TensorDictBase:
+    """The real steps of a padded slice sample, in order: TorchRL's ragged sample."""
+    mask = sample.get(PADDING_MASK, None)
+    if mask is None:  # no slice met a short trajectory
+        return sample
+    sample = sample.exclude(PADDING_MASK)
+    if sample.get(PADDING_MASK[0]).is_empty():
+        sample = sample.exclude(PADDING_MASK[0])
+    # One nonzero for all entries (a boolean index would cost one sync per entry).
+    return sample[mask.nonzero().squeeze(-1)]
+
+
 def to_sequences(sample: TensorDictBase, batch_length: int) -> TensorDictBase:
-    """Truncate a flat slice sample to a multiple of ``batch_length`` and reshape to ``[B, T]``.
+    """Drop padding, truncate a flat slice sample to a multiple of ``batch_length`` and reshape
+    to ``[B, T]``.
 
     Every row's first step is marked ``is_init`` too: a row may begin in the middle of a slice.
     """
+    sample = drop_padding(sample)
     usable = (sample.shape[0] // batch_length) * batch_length
     if usable == 0:
         raise RuntimeError(

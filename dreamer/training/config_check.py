@@ -110,8 +110,15 @@ def validate_config(cfg: DictConfig) -> None:
         raise ConfigError(
             f"loss.actor_grad must be 'dynamics' or 'reinforce', got {cfg.loss.actor_grad!r}."
         )
-    if str(cfg.pipeline.mode) not in ("sync", "async"):
-        raise ConfigError(f"pipeline.mode must be sync or async, got {cfg.pipeline.mode!r}.")
+    if str(cfg.pipeline.mode) not in ("sync", "async", "process"):
+        raise ConfigError(
+            f"pipeline.mode must be sync, async or process, got {cfg.pipeline.mode!r}."
+        )
+    if str(cfg.pipeline.mode) == "process" and cfg.collector.backend != "local":
+        raise ConfigError(
+            "pipeline.mode=process runs the local collector in a worker process; with "
+            f"collector.backend={cfg.collector.backend} use pipeline.mode=sync."
+        )
     if int(cfg.pipeline.weight_sync_every) < 1 or int(cfg.pipeline.max_batches_ahead) < 1:
         raise ConfigError("pipeline.weight_sync_every and pipeline.max_batches_ahead must be >= 1.")
     mode = str(cfg.learner.mode)

@@ -155,7 +155,8 @@ def train(cfg: DictConfig) -> dict:
             )
         )
     collector = make_batch_source(collector_cfg, env, agent.policy)
-    sync_every = int(cfg.pipeline.weight_sync_every) if cfg.pipeline.mode == "async" else 0
+    acting_copy = cfg.pipeline.mode in ("async", "process")
+    sync_every = int(cfg.pipeline.weight_sync_every) if acting_copy else 0
     updates_per_frame = float(cfg.train_ratio) / (int(cfg.batch_size) * int(cfg.batch_length))
     # Hide events the interrupted run logged after its checkpoint; the curves continue from there.
     logger = (

@@ -8,14 +8,18 @@ import torch
 from tensordict import TensorDictBase
 from torch.utils.tensorboard import SummaryWriter
 
+EPISODE_KEYS = (("next", "done"), ("next", "episode_reward"), ("next", "step_count"))
+"""What :func:`finished_episode_stats` reads from a batch."""
+
 
 def finished_episode_stats(batch: TensorDictBase) -> dict[str, float]:
     """Mean return and length of the episodes that ended in ``batch`` (empty if none did)."""
-    done = batch.get(("next", "done")).squeeze(-1)
+    done_key, return_key, length_key = EPISODE_KEYS
+    done = batch.get(done_key).squeeze(-1)
     if not bool(done.any()):
         return {}
-    returns = batch.get(("next", "episode_reward"))[done]
-    lengths = batch.get(("next", "step_count"))[done]
+    returns = batch.get(return_key)[done]
+    lengths = batch.get(length_key)[done]
     return {
         "episode/return": float(returns.float().mean()),
         "episode/length": float(lengths.float().mean()),
