@@ -160,7 +160,11 @@ def test_the_worker_ends_with_a_killed_training_process(tmp_path):
     script = tmp_path / "orphan.py"
     script.write_text(ORPHAN)
     tests = Path(__file__).parent
-    env = {**os.environ, "PYTHONPATH": f"{tests.parent}{os.pathsep}{tests}"}
+    # Keep the caller's path too: packages may come from PYTHONPATH (as on the GPU machine).
+    path = os.pathsep.join(
+        p for p in (str(tests.parent), str(tests), os.environ.get("PYTHONPATH")) if p
+    )
+    env = {**os.environ, "PYTHONPATH": path}
     done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, timeout=60)
     assert done.returncode == -9, done.stderr[-2000:]
     stat = Path(f"/proc/{int(done.stdout.split()[0])}/stat")
