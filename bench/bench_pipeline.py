@@ -42,6 +42,7 @@ def run(mode: str, args) -> dict:
         f"replay.capacity={args.num_envs * 256}",
         f"train_ratio={args.train_ratio}",
         f"batch_size={args.batch_size}",
+        *args.override,
         f"pipeline.mode={mode}",
         "compile.enabled=false",
         "log.progress_bar=false",
@@ -75,6 +76,12 @@ def main() -> None:
     parser.add_argument("--train-ratio", type=float, default=0.1)
     parser.add_argument("--batch-size", type=int, default=16, help="sequences per update (x64)")
     parser.add_argument("--modes", nargs="+", default=["sync", "async"])
+    parser.add_argument(
+        "--override",
+        nargs="*",
+        default=[],
+        help="further Hydra overrides, e.g. env.physics_threads=16",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     rows = []

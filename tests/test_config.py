@@ -182,3 +182,14 @@ def test_the_collection_worker_keeps_the_settings_that_follow_device():
     worker = worker_config(cfg, torch.device("cuda:0"))
     assert worker["device"] == "cuda:0" and worker["compile"]["enabled"] is False
     assert worker["env"]["device"] == worker["collector"]["storing_device"] == "cuda:1"
+
+
+def test_physics_threads_size_the_embedded_envs_pool():
+    """``env.physics_threads`` reaches the MuJoCo pool (the process-mode worker shares the CPU)."""
+    from dreamer.training.loop import make_training_env
+
+    cfg = load_config("profile=smoke", "env.backend=mujoco", "env.num_envs=16")
+    cfg.env.physics_threads = 3
+    assert make_training_env(cfg).base_env.physics_threads == 3
+    cfg.env.physics_threads = 1  # one thread: stepped on the calling thread, no pool
+    assert make_training_env(cfg).base_env.physics_threads == 0

@@ -57,10 +57,12 @@ def make_base_env(
     seed: int,
     backend: str = "auto",
     pixels: dict | None = None,
+    physics_threads: int | None = None,
 ) -> EnvBase:
     """The raw batched env (no Dreamer transforms) for ``task`` on the chosen backend.
 
-    ``pixels`` (camera settings, see :func:`camera_config`) adds the ``pixels`` observation.
+    ``pixels`` (camera settings, see :func:`camera_config`) adds the ``pixels`` observation;
+    ``physics_threads`` sizes the embedded MuJoCo env's thread pool (``None``: its default).
     """
     check_task(task)
     backend = resolve_backend(backend)
@@ -70,7 +72,14 @@ def make_base_env(
         return make_isaaclab_env(task, num_envs=num_envs, device=device, seed=seed, pixels=pixels)
     from dreamer.env.mujoco_env import MujocoBatchedEnv
 
-    return MujocoBatchedEnv(task, num_envs=num_envs, device=device, seed=seed, pixels=pixels)
+    return MujocoBatchedEnv(
+        task,
+        num_envs=num_envs,
+        device=device,
+        seed=seed,
+        pixels=pixels,
+        num_threads=physics_threads,
+    )
 
 
 def add_episode_stats(env: EnvBase) -> TransformedEnv:

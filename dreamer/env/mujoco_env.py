@@ -300,6 +300,11 @@ class MujocoBatchedEnv(EnvBase):
         self.task.rebase(ids, qpos, qvel)
 
     @property
+    def physics_threads(self) -> int:
+        """Threads of the physics pool (0: the envs are stepped on the calling thread)."""
+        return self._nthread
+
+    @property
     def elapsed_steps(self) -> np.ndarray:
         """Control steps taken in each env's current episode (Isaac's ``episode_length_buf``)."""
         return self._elapsed.copy()

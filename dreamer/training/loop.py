@@ -63,6 +63,7 @@ def make_training_env(cfg: DictConfig):
         int(cfg.seed),
         cfg.env.backend,
         pixels=camera_config(cfg.env),
+        physics_threads=cfg.env.get("physics_threads"),
     )
     env = add_episode_stats(env)
     return add_acting_state(env, model_size_from_config(cfg.model), env.action_spec.shape[-1])
