@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 
+import pytest
 import torch
 from tensordict import TensorDict
 from torchrl.envs.model_based.dreamer import DreamerEnv
 from torchrl.envs.utils import ExplorationType, set_exploration_type
+from torchrl.objectives.utils import hold_out_net
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from op_count import count_ops  # noqa: E402
@@ -23,13 +26,17 @@ def start_states(agent, n: int = 7) -> TensorDict:
     return TensorDict({"state": state, "belief": torch.randn(n, agent.size.deter)}, [n])
 
 
-def dream(agent, lean: bool):
-    """One rollout of the actor loss's kind, and the gradients of a loss on every output."""
+def dream(agent, lean: bool, hold_out_world_model: bool = False):
+    """One rollout of the actor loss's kind, and the gradients of a loss on every output.
+
+    ``hold_out_world_model`` freezes the world model during the rollout, as TorchRL's actor loss
+    does (then only the actor's layers defer their gradients)."""
     env = agent.model_env
     agent.loss.zero_grad(set_to_none=True)
     rollout = env.rollout if lean else (lambda *a, **k: DreamerEnv.rollout(env, *a, **k))
     torch.manual_seed(0)
-    with set_exploration_type(ExplorationType.RANDOM):
+    held_out = hold_out_net(env) if hold_out_world_model else nullcontext()
+    with set_exploration_type(ExplorationType.RANDOM), held_out:
         start = env.reset(start_states(agent))
         out = rollout(
             HORIZON,
@@ -50,10 +57,11 @@ def dream(agent, lean: bool):
     return out, {k: v.grad.clone() for k, v in params.items() if v.grad is not None}
 
 
-def test_lean_rollout_matches_torchrl_rollout(toy_agent):
+@pytest.mark.parametrize("hold_out_world_model", [False, True])
+def test_lean_rollout_matches_torchrl_rollout(toy_agent, hold_out_world_model):
     _, agent = toy_agent
-    lean, lean_grads = dream(agent, lean=True)
-    reference, reference_grads = dream(agent, lean=False)
+    lean, lean_grads = dream(agent, True, hold_out_world_model)
+    reference, reference_grads = dream(agent, False, hold_out_world_model)
     assert lean.batch_size == reference.batch_size == (7, HORIZON)
     assert set(lean.keys(True, True)) == set(reference.keys(True, True))
     for key in reference.keys(True, True):
@@ -61,7 +69,8 @@ def test_lean_rollout_matches_torchrl_rollout(toy_agent):
     # The dream moves: states differ between steps, and the reward head's output is used.
     assert not torch.equal(lean["next", "state"][:, 0], lean["next", "state"][:, -1])
     assert set(lean_grads) == set(reference_grads)
-    assert any(k.startswith("reward.") for k in lean_grads)
+    assert any(k.startswith("actor.") for k in lean_grads)
+    assert any(k.startswith("reward.") for k in lean_grads) != hold_out_world_model
     for key, expected in reference_grads.items():
         torch.testing.assert_close(lean_grads[key], expected, rtol=1e-4, atol=1e-6, msg=key)
 

@@ -12,6 +12,8 @@ from tensordict.nn import (
 from torch import nn
 from torchrl.modules import DreamerV3MLP, TanhNormal
 
+from dreamer.world_model.deferred_grads import DeferredLayers
+from dreamer.world_model.fast_layers import run_layers
 from dreamer.world_model.networks import ModelSize
 
 
@@ -27,11 +29,21 @@ class BoundedNormalParams(nn.Module):
         )
         self.min_std = min_std
         self.max_std = max_std
+        # Set by the imagination loop for one dream (dreamer.imagination.imagine): the MLP's weight
+        # gradients are then computed once after the dream's backward pass.
+        self.deferred: DeferredLayers | None = None
+
+    @property
+    def loop_layers(self) -> nn.Sequential:
+        """The MLP's layers, which a loop may run with deferred gradients (:attr:`deferred`)."""
+        return self.mlp.model
 
     def forward(
         self, state: torch.Tensor, belief: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        loc, raw_scale = self.mlp(torch.cat([state, belief], -1)).chunk(2, -1)
+        # DreamerV3MLP's own forward is its layers on the concatenated input.
+        features = run_layers(self.loop_layers, torch.cat([state, belief], -1), self.deferred)
+        loc, raw_scale = features.chunk(2, -1)
         scale = (self.max_std - self.min_std) * torch.sigmoid(raw_scale + 2.0) + self.min_std
         return loc, scale
 

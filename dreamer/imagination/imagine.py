@@ -4,8 +4,9 @@ TorchRL's ``EnvBase.rollout`` steps the imagination env through its generic mach
 step it writes done/terminated/truncated flags, moves ``next`` entries with ``step_mdp`` and runs
 the reward head on that step's state. For a fixed-horizon dream nothing of that depends on the
 step, so :func:`imagine` runs only what does: the actor, the block GRU and the prior sample. The
-reward head runs once on all imagined states after the loop, and the GRU's and prior head's
-weight gradients are computed once per layer after the loop's backward pass
+reward head runs once on all imagined states after the loop, and the weight gradients of the
+layers that want one (the actor's MLP and, outside TorchRL's actor loss, which holds the world
+model out, the GRU and prior head) are computed once per layer after the loop's backward pass
 (:mod:`dreamer.world_model.deferred_grads`). On a GPU, where the update's time is set by its
 number of kernels, this removes a few hundred of them per update.
 
@@ -22,6 +23,7 @@ from tensordict.nn import TensorDictModuleBase
 from torch import nn
 
 from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype, worth_deferring
+from dreamer.world_model.fast_layers import linear_layers, norm_scales
 from dreamer.world_model.fused_norm import fused_norm_available
 from dreamer.world_model.rssm_parts import PriorParts
 from dreamer.world_model.rssm_step import (
@@ -29,8 +31,6 @@ from dreamer.world_model.rssm_step import (
     gru_layers,
     gru_norms,
     gru_step,
-    linear_layers,
-    norm_scales,
     prior_logits,
 )
 from dreamer.world_model.sampling import race_noise, straight_through_sample
@@ -57,23 +57,35 @@ def imagine(
         (all False), and under ``next`` the next ``state``/``belief``, ``reward`` and done flags.
     """
     state, belief = start.get("state"), start.get("belief")
-    deferred = None
+    # Modules of the policy that can run their layers with the loop's deferred gradients.
+    heads = [module for module in policy.modules() if hasattr(module, "loop_layers")]
+    head_layers = [module.loop_layers for module in heads]
     layers = gru_layers(parts) + linear_layers(parts.head)
+    layers += [pair for stack in head_layers for pair in linear_layers(stack)]
+    deferred = None
     if worth_deferring(state.shape[:-1].numel(), layers):
-        fused = fused_norm_available(state)
-        norms = gru_norms(parts) + norm_scales(parts.head) if fused else []
+        norms = []
+        if fused_norm_available(state):
+            norms = gru_norms(parts) + norm_scales(parts.head)
+            norms += [w for stack in head_layers for w in norm_scales(stack)]
         deferred = DeferredLayers(layers, compute_dtype(state), norms)
         state, belief = deferred.anchor(state, belief)
     batch = start.batch_size
     visited = []
-    for _ in range(steps):
-        step = policy(TensorDict({"state": state, "belief": belief}, batch))
-        feature = action_features(parts, step.get("action"), deferred)
-        belief = gru_step(parts, state, belief, feature, deferred)
-        logits = prior_logits(parts, belief, deferred)
-        noise = race_noise(logits.shape, logits)
-        state = straight_through_sample(logits, parts.unimix, noise).flatten(-2)
-        visited.append(step.set(("next", "state"), state).set(("next", "belief"), belief))
+    try:
+        for head in heads:
+            head.deferred = deferred
+        for _ in range(steps):
+            step = policy(TensorDict({"state": state, "belief": belief}, batch))
+            feature = action_features(parts, step.get("action"), deferred)
+            belief = gru_step(parts, state, belief, feature, deferred)
+            logits = prior_logits(parts, belief, deferred)
+            noise = race_noise(logits.shape, logits)
+            state = straight_through_sample(logits, parts.unimix, noise).flatten(-2)
+            visited.append(step.set(("next", "state"), state).set(("next", "belief"), belief))
+    finally:
+        for head in heads:
+            head.deferred = None
     rollout = torch.stack(visited, len(batch))
     following = rollout.get("next")
     following.set("reward", reward(following.get("state"), following.get("belief")))

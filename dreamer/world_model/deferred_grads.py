@@ -143,10 +143,15 @@ class DeferredLayers:
         norms: list[torch.Tensor] = (),
     ):
         # Scales of fused RMS norms (dreamer.world_model.fused_norm): their steps add their
-        # gradients into one float32 buffer each, handed to autograd by the anchor.
-        self.norm_grads = {id(w): (w, torch.zeros(w.shape, device=w.device)) for w in norms}
+        # gradients into one float32 buffer each, handed to autograd by the anchor. Weights that
+        # want no gradient (held out of the graph) are left to the plain path.
+        self.norm_grads = {
+            id(w): (w, torch.zeros(w.shape, device=w.device)) for w in norms if w.requires_grad
+        }
         self.layers: dict[int, _Layer] = {}
         for weight, bias in weights:
+            if not weight.requires_grad:
+                continue
             dtype_ = dtype or weight.dtype
             compute_bias = None
             if bias is not None:
@@ -169,6 +174,10 @@ class DeferredLayers:
         params = [p for p in params if p is not None]
         params += [weight for weight, _ in self.norm_grads.values()]
         return _Anchor.apply(self, len(tensors), *tensors, *params)
+
+    def handles(self, weight: torch.Tensor) -> bool:
+        """Whether ``weight``'s gradient is deferred here (registered and wanting one)."""
+        return id(weight) in self.layers
 
     def _layer(self, weight: torch.Tensor) -> _Layer:
         if not self.anchored:

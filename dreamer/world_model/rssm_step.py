@@ -18,12 +18,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from dreamer.world_model import fused_ops
 from dreamer.world_model.deferred_grads import DeferredLayers
-from dreamer.world_model.fused_norm import fused_norm_available, rms_norm_silu
-from dreamer.world_model.rssm_parts import PosteriorParts, PriorParts, torchrl_rms_norm_eps
+from dreamer.world_model.fast_layers import linear_layers, norm_scales, run_layers
+from dreamer.world_model.rssm_parts import PosteriorParts, PriorParts
 from dreamer.world_model.sampling import race_noise, straight_through_sample
 
 # TorchRL's block GRU adds this to the update gate's pre-activation (DreamerV3's value).
@@ -53,53 +52,11 @@ def block_linear(
     """
     blocks, _, block_out = weight.shape
     value = value.unflatten(-1, (blocks, -1)).transpose(0, 1)
-    if deferred is not None:
+    if deferred is not None and deferred.handles(weight):
         return deferred.block_linear(value, weight)
     # Parameters in the activation dtype, as TorchRL does: a bf16 recurrence stays bf16.
     bias = bias.to(value.dtype).view(blocks, 1, block_out)
     return torch.baddbmm(bias, value, weight.to(value.dtype))
-
-
-def run_layers(layers: nn.Sequential, value: torch.Tensor, deferred: DeferredLayers | None):
-    """``layers(value)``, with the ``Linear`` layers' weight gradients left to ``deferred``, and
-    each RMS norm followed by SiLU run as one fused kernel where it can (CUDA, triton)."""
-    fused = fused_norm_available(value)
-    if deferred is None and not fused:
-        return layers(value)
-    modules = list(layers)
-    index = 0
-    while index < len(modules):
-        layer = modules[index]
-        eps = torchrl_rms_norm_eps(layer)
-        following = modules[index + 1] if index + 1 < len(modules) else None
-        if fused and eps is not None and isinstance(following, nn.SiLU):
-            grad_buffer = deferred.norm_grad(layer.weight) if deferred is not None else None
-            value = rms_norm_silu(value, layer.weight, eps, grad_buffer)
-            index += 2
-            continue
-        if deferred is not None and isinstance(layer, nn.Linear):
-            value = deferred.linear(value.flatten(0, -2), layer.weight).unflatten(
-                0, value.shape[:-1]
-            )
-        else:
-            value = layer(value)
-        index += 1
-    return value
-
-
-def norm_scales(layers: nn.Sequential) -> list[torch.Tensor]:
-    """Scales of the RMS norms in ``layers`` that :func:`run_layers` fuses with a following SiLU."""
-    modules = list(layers)
-    return [
-        layer.weight
-        for layer, following in zip(modules, modules[1:], strict=False)
-        if torchrl_rms_norm_eps(layer) is not None and isinstance(following, nn.SiLU)
-    ]
-
-
-def linear_layers(layers: nn.Sequential) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """(weight, bias) of every ``Linear`` in ``layers``, for :class:`DeferredLayers`."""
-    return [(layer.weight, layer.bias) for layer in layers if isinstance(layer, nn.Linear)]
 
 
 def gru_layers(
@@ -206,7 +163,7 @@ def posterior_logits(
     With ``deferred`` (made from :func:`posterior_layers`; 2-D inputs), the layers' weight
     gradients are left to it.
     """
-    if deferred is not None:
+    if deferred is not None and deferred.handles(parts.belief_weight):
         hidden = deferred.linear(belief, parts.belief_weight, base=embedding_term)
         return run_layers(parts.rest, hidden, deferred).unflatten(
             -1, (parts.num_categoricals, parts.num_classes)

@@ -1,0 +1,58 @@
+"""A ``Linear -> RMSNorm -> SiLU`` stack run the fast way inside a loop.
+
+TorchRL's DreamerV3 MLPs and the RSSM's sub-networks are such stacks. :func:`run_layers` runs one
+with its ``Linear`` weight gradients left to a :class:`~dreamer.world_model.deferred_grads.DeferredLayers`
+(when the loop has one and it handles that weight) and each norm + SiLU pair as one Triton kernel
+(:mod:`dreamer.world_model.fused_norm`, where it applies); anything else runs as the module itself.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dreamer.world_model.deferred_grads import DeferredLayers
+from dreamer.world_model.fused_norm import fused_norm_available, rms_norm_silu
+from dreamer.world_model.rssm_parts import torchrl_rms_norm_eps
+
+
+def run_layers(layers: nn.Sequential, value: torch.Tensor, deferred: DeferredLayers | None):
+    """``layers(value)``, with the ``Linear`` layers' weight gradients left to ``deferred``, and
+    each RMS norm followed by SiLU run as one fused kernel where it can (CUDA, triton)."""
+    fused = fused_norm_available(value)
+    if deferred is None and not fused:
+        return layers(value)
+    modules = list(layers)
+    index = 0
+    while index < len(modules):
+        layer = modules[index]
+        eps = torchrl_rms_norm_eps(layer)
+        following = modules[index + 1] if index + 1 < len(modules) else None
+        if fused and eps is not None and isinstance(following, nn.SiLU):
+            grad_buffer = deferred.norm_grad(layer.weight) if deferred is not None else None
+            value = rms_norm_silu(value, layer.weight, eps, grad_buffer)
+            index += 2
+            continue
+        if deferred is not None and isinstance(layer, nn.Linear) and deferred.handles(layer.weight):
+            value = deferred.linear(value.flatten(0, -2), layer.weight).unflatten(
+                0, value.shape[:-1]
+            )
+        else:
+            value = layer(value)
+        index += 1
+    return value
+
+
+def norm_scales(layers: nn.Sequential) -> list[torch.Tensor]:
+    """Scales of the RMS norms in ``layers`` that :func:`run_layers` fuses with a following SiLU."""
+    modules = list(layers)
+    return [
+        layer.weight
+        for layer, following in zip(modules, modules[1:], strict=False)
+        if torchrl_rms_norm_eps(layer) is not None and isinstance(following, nn.SiLU)
+    ]
+
+
+def linear_layers(layers: nn.Sequential) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(weight, bias) of every ``Linear`` in ``layers``, for :class:`DeferredLayers`."""
+    return [(layer.weight, layer.bias) for layer in layers if isinstance(layer, nn.Linear)]
