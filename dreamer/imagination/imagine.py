@@ -24,16 +24,8 @@ from torch import nn
 
 from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype, worth_deferring
 from dreamer.world_model.fast_layers import linear_layers, norm_scales
-from dreamer.world_model.fused_norm import fused_norm_available
 from dreamer.world_model.rssm_parts import PriorParts
-from dreamer.world_model.rssm_step import (
-    action_features,
-    gru_layers,
-    gru_norms,
-    gru_step,
-    prior_logits,
-)
-from dreamer.world_model.sampling import race_noise, straight_through_sample
+from dreamer.world_model.rssm_step import gru_layers, gru_norms, imagine_step
 
 DONE_KEYS = ("done", "terminated", "truncated")
 
@@ -64,10 +56,8 @@ def imagine(
     layers += [pair for stack in head_layers for pair in linear_layers(stack)]
     deferred = None
     if worth_deferring(state.shape[:-1].numel(), layers):
-        norms = []
-        if fused_norm_available(state):
-            norms = gru_norms(parts) + norm_scales(parts.head)
-            norms += [w for stack in head_layers for w in norm_scales(stack)]
+        norms = gru_norms(parts) + norm_scales(parts.head)
+        norms += [w for stack in head_layers for w in norm_scales(stack)]
         deferred = DeferredLayers(layers, compute_dtype(state), norms)
         state, belief = deferred.anchor(state, belief)
     batch = start.batch_size
@@ -77,11 +67,7 @@ def imagine(
             head.deferred = deferred
         for _ in range(steps):
             step = policy(TensorDict({"state": state, "belief": belief}, batch))
-            feature = action_features(parts, step.get("action"), deferred)
-            belief = gru_step(parts, state, belief, feature, deferred)
-            logits = prior_logits(parts, belief, deferred)
-            noise = race_noise(logits.shape, logits)
-            state = straight_through_sample(logits, parts.unimix, noise).flatten(-2)
+            state, belief = imagine_step(parts, state, belief, step.get("action"), deferred)
             visited.append(step.set(("next", "state"), state).set(("next", "belief"), belief))
     finally:
         for head in heads:

@@ -53,26 +53,21 @@ class _Layer:
 
     def gradients(self) -> list[torch.Tensor | None]:
         """``dW`` (and ``db``) from every step that received a gradient, in the parameters' dtype."""
-        steps = sorted(self.grads)
-        block = self.compute_weight.dim() == 3
-        result: list[torch.Tensor | None]
+        inputs, grads = self.inputs, self.grads
+        self.inputs, self.grads = [], {}
+        steps = sorted(grads)
         if not steps:
-            result = [None]
-        else:
-            x = torch.cat([self.inputs[i] for i in steps], -2)
-            g = torch.cat([self.grads[i] for i in steps], -2)
-            if block:  # dW[b] = x[b]^T g[b]
-                grad_weight = torch.bmm(x.transpose(1, 2), g)
-            else:  # dW = g^T x
-                grad_weight = g.t() @ x
-            result = [grad_weight.to(self.weight.dtype)]
-            if self.bias is not None:
-                reduced = g.sum(-2)  # [out] or [blocks, out]
-                result.append(reduced.reshape(self.bias.shape).to(self.bias.dtype))
-        if self.bias is not None and not steps:
-            result.append(None)
-        self.inputs.clear()
-        self.grads.clear()
+            return [None] if self.bias is None else [None, None]
+        x = torch.cat([inputs[i] for i in steps], -2)
+        g = torch.cat([grads[i] for i in steps], -2)
+        if self.compute_weight.dim() == 3:  # block-linear: dW[b] = x[b]^T g[b]
+            grad_weight = torch.bmm(x.transpose(1, 2), g)
+        else:  # dW = g^T x
+            grad_weight = g.t() @ x
+        result = [grad_weight.to(self.weight.dtype)]
+        if self.bias is not None:
+            reduced = g.sum(-2)  # [out] or [blocks, out]
+            result.append(reduced.reshape(self.bias.shape).to(self.bias.dtype))
         return result
 
 
@@ -82,16 +77,11 @@ class _Anchor(torch.autograd.Function):
     @staticmethod
     def forward(ctx, layers: DeferredLayers, count: int, *tensors_and_params):
         ctx.layers = layers
-        ctx.count = count
         return tuple(t.view_as(t) for t in tensors_and_params[:count])
 
     @staticmethod
     def backward(ctx, *grads):
-        params = []
-        for layer in ctx.layers.layers.values():
-            params += layer.gradients()
-        params += [buffer.to(w.dtype) for w, buffer in ctx.layers.norm_grads.values()]
-        return (None, None, *grads, *params)
+        return (None, None, *grads, *ctx.layers.parameter_gradients())
 
 
 class _DeferredMatmul(torch.autograd.Function):
@@ -134,6 +124,7 @@ class DeferredLayers:
         weights: ``(weight, bias)`` pairs (``bias`` may be ``None``); a linear weight is
             ``[out, in]``, a block-linear one ``[blocks, in, out]`` with bias ``[blocks * out]``.
         dtype: the compute dtype (bf16 under autocast); default: each weight's own.
+        norms: scales of the RMS norms the loop runs (see :meth:`norm_grad`).
     """
 
     def __init__(
@@ -142,12 +133,12 @@ class DeferredLayers:
         dtype: torch.dtype | None = None,
         norms: list[torch.Tensor] = (),
     ):
-        # Scales of fused RMS norms (dreamer.world_model.fused_norm): their steps add their
-        # gradients into one float32 buffer each, handed to autograd by the anchor. Weights that
-        # want no gradient (held out of the graph) are left to the plain path.
-        self.norm_grads = {
-            id(w): (w, torch.zeros(w.shape, device=w.device)) for w in norms if w.requires_grad
-        }
+        # Scales of RMS norms: where the norm runs fused (dreamer.world_model.fused_norm), its
+        # steps add their gradients into one float32 buffer, made on first use and handed to
+        # autograd by the anchor; elsewhere the norm's own gradient stands. Weights that want no
+        # gradient (held out of the graph) are left to the plain path.
+        self.norms = {id(w): w for w in norms if w.requires_grad}
+        self.norm_buffers: dict[int, torch.Tensor] = {}
         self.layers: dict[int, _Layer] = {}
         for weight, bias in weights:
             if not weight.requires_grad:
@@ -172,8 +163,16 @@ class DeferredLayers:
         self.anchored = True
         params = [p for layer in self.layers.values() for p in (layer.weight, layer.bias)]
         params = [p for p in params if p is not None]
-        params += [weight for weight, _ in self.norm_grads.values()]
+        params += list(self.norms.values())
         return _Anchor.apply(self, len(tensors), *tensors, *params)
+
+    def parameter_gradients(self) -> list[torch.Tensor | None]:
+        """Every registered parameter's gradient, in :meth:`anchor`'s order (after the loop)."""
+        grads = [g for layer in self.layers.values() for g in layer.gradients()]
+        for key, weight in self.norms.items():
+            buffer = self.norm_buffers.pop(key, None)
+            grads.append(None if buffer is None else buffer.to(weight.dtype))
+        return grads
 
     def handles(self, weight: torch.Tensor) -> bool:
         """Whether ``weight``'s gradient is deferred here (registered and wanting one)."""
@@ -196,8 +195,11 @@ class DeferredLayers:
 
     def norm_grad(self, weight: torch.Tensor) -> torch.Tensor | None:
         """The shared gradient buffer of a registered norm scale (``None`` if not registered)."""
-        entry = self.norm_grads.get(id(weight))
-        return None if entry is None else entry[1]
+        if id(weight) not in self.norms:
+            return None
+        if id(weight) not in self.norm_buffers:
+            self.norm_buffers[id(weight)] = torch.zeros(weight.shape, device=weight.device)
+        return self.norm_buffers[id(weight)]
 
     def block_linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """``baddbmm(bias, x, weight)`` for block-major ``x`` ``[blocks, N, in]``."""

@@ -23,7 +23,6 @@ import torch
 from torchrl.modules import RSSMPosteriorV3, RSSMPriorV3
 
 from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype, worth_deferring
-from dreamer.world_model.fused_norm import fused_norm_available
 from dreamer.world_model.rssm_parts import rssm_parts
 from dreamer.world_model.rssm_step import (
     action_features,
@@ -85,7 +84,7 @@ def observe_sequence(
     # (the action branch runs before the loop, on all steps at once)
     layers = gru_layers(cell, with_action=False) + posterior_layers(post)
     if worth_deferring(batch, layers):
-        norms = gru_norms(cell, False) + posterior_norms(post) if fused_norm_available(h0) else []
+        norms = gru_norms(cell, with_action=False) + posterior_norms(post)
         deferred = DeferredLayers(layers, compute_dtype(embed_next), norms)
         # Every step depends on these (segment starts are mixed in below).
         h0, z0 = deferred.anchor(h0, z0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from dreamer.world_model import fused_ops
 from dreamer.world_model.deferred_grads import DeferredLayers
@@ -59,15 +60,19 @@ def block_linear(
     return torch.baddbmm(bias, value, weight.to(value.dtype))
 
 
+def _gru_stacks(parts: PriorParts, with_action: bool) -> list[nn.Sequential]:
+    """The block GRU's ``Linear -> RMSNorm -> SiLU`` projections (the action one if asked)."""
+    stacks = [parts.belief_projection, parts.state_projection]
+    return [*stacks, parts.action_projection] if with_action else stacks
+
+
 def gru_layers(
     parts: PriorParts, with_action: bool = True
 ) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """The block GRU's per-step layers (weight, bias) that :class:`DeferredLayers` can take:
     the belief, state and (``with_action``) action projections and the two block-linear layers."""
     return [
-        *linear_layers(parts.belief_projection),
-        *linear_layers(parts.state_projection),
-        *(linear_layers(parts.action_projection) if with_action else []),
+        *(pair for stack in _gru_stacks(parts, with_action) for pair in linear_layers(stack)),
         (parts.hidden_weight, parts.hidden_bias),
         (parts.gates_weight, parts.gates_bias),
     ]
@@ -75,10 +80,8 @@ def gru_layers(
 
 def gru_norms(parts: PriorParts, with_action: bool = True) -> list[torch.Tensor]:
     """The block GRU's fused norm scales (:func:`norm_scales`), in the order of :func:`gru_layers`."""
-    projections = [parts.belief_projection, parts.state_projection]
-    if with_action:
-        projections.append(parts.action_projection)
-    return [w for layers in (*projections, parts.hidden_rest) for w in norm_scales(layers)]
+    stacks = [*_gru_stacks(parts, with_action), parts.hidden_rest]
+    return [w for stack in stacks for w in norm_scales(stack)]
 
 
 def gru_step(
@@ -176,10 +179,17 @@ def posterior_logits(
 
 
 def imagine_step(
-    parts: PriorParts, state: torch.Tensor, belief: torch.Tensor, action: torch.Tensor
+    parts: PriorParts,
+    state: torch.Tensor,
+    belief: torch.Tensor,
+    action: torch.Tensor,
+    deferred: DeferredLayers | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One imagined step: the prior's sampled next state and its belief (``RSSMPriorV3.forward``)."""
-    belief = gru_step(parts, state, belief, action_features(parts, action))
-    logits = prior_logits(parts, belief)
+    """One imagined step: the prior's sampled next state and its belief (``RSSMPriorV3.forward``).
+
+    With ``deferred`` (made from :func:`gru_layers` and the prior head's layers), the layers'
+    weight gradients are left to it."""
+    belief = gru_step(parts, state, belief, action_features(parts, action, deferred), deferred)
+    logits = prior_logits(parts, belief, deferred)
     sample = straight_through_sample(logits, parts.unimix, race_noise(logits.shape, logits))
     return sample.flatten(-2), belief
