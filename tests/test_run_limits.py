@@ -17,6 +17,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from export_scalars import read_scalars  # noqa: E402
 
 
+def cartpole_smoke(logdir: Path, *overrides: str):
+    """The smoke profile on Cartpole, logging to ``logdir``, with ``overrides``."""
+    return load_config(
+        "task=Isaac-Cartpole-v0",
+        "profile=smoke",
+        f"logdir={logdir}",
+        "log.progress_bar=false",
+        *overrides,
+    )
+
+
 def test_select_for_storage_scales_only_the_stored_reward():
     batch = TensorDict({key: torch.full((2, 3, 1), 0.5) for key in STORED_KEYS}, [2, 3])
     stored = select_for_storage(batch, (), reward_scale=60.0)
@@ -33,14 +44,8 @@ def test_time_limit_stops_the_run_with_a_checkpoint(tmp_path, monkeypatch):
         return select_for_storage(batch, obs_keys, reward_scale)
 
     monkeypatch.setattr(loop, "select_for_storage", recording_select)
-    cfg = load_config(
-        "task=Isaac-Cartpole-v0",
-        "profile=smoke",
-        f"logdir={tmp_path}",
-        "collector.total_frames=100000000",
-        "time_limit_s=4",
-        "reward_scale=7.5",
-        "log.progress_bar=false",
+    cfg = cartpole_smoke(
+        tmp_path, "collector.total_frames=100000000", "time_limit_s=4", "reward_scale=7.5"
     )
     result = train(cfg)
     assert result["stopped_by"] == "time_limit_s"
@@ -55,14 +60,8 @@ def test_time_limit_stops_the_run_with_a_checkpoint(tmp_path, monkeypatch):
 def test_time_limit_cuts_a_long_update_loop_short(tmp_path):
     # 256 frames x train_ratio 512 / (4 x 16) = 2,048 updates owed by one collection: minutes on
     # this CPU, so the limit must be checked between updates, not only between collections.
-    cfg = load_config(
-        "task=Isaac-Cartpole-v0",
-        "profile=smoke",
-        f"logdir={tmp_path}",
-        "collector.init_random_frames=256",
-        "train_ratio=512",
-        "time_limit_s=3",
-        "log.progress_bar=false",
+    cfg = cartpole_smoke(
+        tmp_path, "collector.init_random_frames=256", "train_ratio=512", "time_limit_s=3"
     )
     result = train(cfg)
     assert result["stopped_by"] == "time_limit_s"

@@ -33,11 +33,16 @@ def _reco_grad(agent, sequences) -> torch.Tensor:
     return reco.grad.norm(dim=-1)
 
 
-def test_missing_final_obs_is_stored_invalid_and_not_reconstructed(fake_isaaclab, smoke_cfg):
+def _env_without_final_obs(smoke_cfg):
+    """The Isaac Lab stand-in without final observations, wrapped for training, and its agent."""
     size = model_size_from_config(smoke_cfg.model)
     base = standin.make_env(standin.make_cfg(compute_final_obs=False))
     env = add_acting_state(add_episode_stats(base), size, standin.ACT_DIM)
-    agent = build_agent(smoke_cfg, env)
+    return env, build_agent(smoke_cfg, env)
+
+
+def test_missing_final_obs_is_stored_invalid_and_not_reconstructed(fake_isaaclab, smoke_cfg):
+    env, agent = _env_without_final_obs(smoke_cfg)
     with torch.no_grad():
         rollout = env.rollout(16, break_when_any_done=False)  # random actions
 
@@ -80,10 +85,7 @@ def _filtered(agent, sequences, seed: int = 0) -> tuple[torch.Tensor, torch.Tens
 
 
 def test_state_at_a_missing_final_obs_comes_from_the_prior(fake_isaaclab, smoke_cfg):
-    size = model_size_from_config(smoke_cfg.model)
-    base = standin.make_env(standin.make_cfg(compute_final_obs=False))
-    env = add_acting_state(add_episode_stats(base), size, standin.ACT_DIM)
-    agent = build_agent(smoke_cfg, env)
+    env, agent = _env_without_final_obs(smoke_cfg)
     with torch.no_grad():
         stored = select_for_storage(env.rollout(16, break_when_any_done=False))
     invalid = ~stored[FINAL_OBS_VALID].squeeze(-1)
