@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import torch
 from omegaconf import OmegaConf
+from torch import nn
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
+
+from dreamer.policy.graphed_acting import GraphedPolicy
 
 
 def make_collector(
@@ -37,6 +40,19 @@ def make_collector(
     )
 
 
+def graphed_if_enabled(cfg, policy: nn.Module) -> nn.Module:
+    """The acting policy as collection runs it: replayed from CUDA graphs when
+    ``collector.graph_policy`` (see :mod:`dreamer.policy.graphed_acting`)."""
+    return GraphedPolicy(policy) if bool(cfg.collector.get("graph_policy", True)) else policy
+
+
+def graph_inside(cfg, wrapper: nn.Module) -> nn.Module:
+    """Graph the policy *inside* a locking or weight-syncing wrapper, so that the wrapper's
+    weight swaps run on the host between two replays and are never captured."""
+    wrapper.policy = graphed_if_enabled(cfg, wrapper.policy)
+    return wrapper
+
+
 def make_batch_source(cfg, env: EnvBase, policy):
     """Where training batches come from: the collector itself (``pipeline.mode=sync``), the
     collector running ahead in a background thread with its own acting copy of ``policy``
@@ -45,7 +61,7 @@ def make_batch_source(cfg, env: EnvBase, policy):
     :mod:`dreamer.collector.process`; ``env`` then only gives specs and mirrors the RNG state)."""
     mode = str(cfg.pipeline.mode)
     if mode == "sync":
-        return make_collector(cfg, env, policy)
+        return make_collector(cfg, env, graphed_if_enabled(cfg, policy))
     acting_device = torch.device(cfg.pipeline.acting_device or cfg.env.device)
     if mode == "process":
         from functools import partial
@@ -62,8 +78,9 @@ def make_batch_source(cfg, env: EnvBase, policy):
         )
     from dreamer.collector.background import BackgroundCollector
 
-    def build(acting_policy):
-        return make_collector(cfg, env, acting_policy, policy_device=acting_device)
+    def build(locked_policy):
+        locked_policy = graph_inside(cfg, locked_policy)
+        return make_collector(cfg, env, locked_policy, policy_device=acting_device)
 
     return BackgroundCollector(
         build, policy, acting_device, max_batches_ahead=int(cfg.pipeline.max_batches_ahead)
@@ -104,7 +121,8 @@ def collection_worker(cfg_container: dict):
     env = make_training_env(cfg)
     policy = build_agent(cfg, env).policy.requires_grad_(False)
 
-    def build(acting_policy):
-        return make_collector(cfg, env, acting_policy, policy_device=torch.device(cfg.device))
+    def build(synced_policy):
+        synced_policy = graph_inside(cfg, synced_policy)
+        return make_collector(cfg, env, synced_policy, policy_device=torch.device(cfg.device))
 
     return env, policy, build

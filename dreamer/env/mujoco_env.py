@@ -41,7 +41,7 @@ class MujocoBatchedEnv(EnvBase):
         num_envs: number of parallel envs N.
         device: where output tensors live (physics always runs on CPU).
         seed: seed of the reset noise; ``None`` draws one from the OS.
-        num_threads: physics threads. Default: two per usable core, reduced for small batches so
+        num_threads: physics threads. Default: one per usable core (at least 4), reduced for small batches so
             that each thread steps at least ``task_spec.min_envs_per_thread`` envs.
         max_episode_length: override of the episode length in control steps (tests use a short
             one); defaults to the task's (Ant 960, Cartpole 300).
@@ -124,16 +124,19 @@ class MujocoBatchedEnv(EnvBase):
     def _pick_threads(self, num_threads: int | None) -> int:
         """Pool size for ``mujoco.rollout``; 0 means stepping on the calling thread.
 
-        An explicit ``num_threads`` is used as given (capped at N). The default is two threads per
-        usable core: on 2 pinned cores, 4 threads stepped the Ant ~10-15% faster than 2 (CPU use
-        1.9 instead of 1.75 cores, since a core no longer idles while the other finishes its last
-        chunk). It shrinks for small batches so that each thread gets ``min_envs_per_thread``
-        envs, because waking a pool costs more than stepping a few cheap envs.
+        An explicit ``num_threads`` is used as given (capped at N). The default is one thread per
+        usable core, at least four. On the 16-core H100 machine the 4,096-env Ant stepped in 11.9 ms
+        with 16 threads, 11.4 with 20, 13.4 with 24 and 19.1 with 32 (the old default of two per
+        core; ``bench/bench_contention.py``, 2026-11-24). On 2 pinned cores 4 threads stepped it
+        ~10-15% faster than 2 (CPU use 1.9 instead of 1.75 cores, since a core no longer idles
+        while the other finishes its last chunk), hence the floor. The default shrinks for small
+        batches so that each thread gets ``min_envs_per_thread`` envs, because waking a pool costs
+        more than stepping a few cheap envs.
         """
         if num_threads is None:
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
             cap = self.num_envs // self.task_spec.min_envs_per_thread
-            num_threads = min(2 * (cores or os.cpu_count() or 1), cap)
+            num_threads = min(max(cores or os.cpu_count() or 1, 4), cap)
         nthread = min(num_threads, self.num_envs)
         return nthread if nthread > 1 else 0
 

@@ -22,6 +22,7 @@ from dreamer.imagination.plots import frame_strip_figure, open_loop_figure
 from dreamer.imagination.rollouts import open_loop_prediction
 from dreamer.policy.acting import add_acting_state
 from dreamer.replay.buffer import make_replay_buffer, sample_sequences, select_for_storage
+from dreamer.replay.prefetch import SamplePrefetcher
 from dreamer.training.checkpoint import save_checkpoint
 from dreamer.training.config_check import (
     fit_devices_to_visible_gpus,
@@ -41,6 +42,7 @@ from dreamer.training.graphed_update import make_learner
 from dreamer.training.guard import NonFiniteGuard
 from dreamer.training.learner_clock import LearnerClock
 from dreamer.training.metrics import TensorBoardLogger, finished_episode_stats
+from dreamer.training.pacing import UpdatePacer
 from dreamer.training.restore import (
     ResumePoint,
     read_resume_checkpoint,
@@ -184,6 +186,12 @@ def train(cfg: DictConfig) -> dict:
     collected_this_run = 0
     metrics, learner = None, None
     clock, frames_at_first_update = LearnerClock(cfg.device), frames
+    batches = SamplePrefetcher(
+        partial(sample_sequences, replay, int(cfg.batch_size), int(cfg.batch_length), cfg.device),
+        torch.device(cfg.device),
+        enabled=bool(cfg.replay.prefetch),
+    )
+    pacer = UpdatePacer(torch.device(cfg.device))
     world_model_loss: list[torch.Tensor] = []
     last_time, last_frames, last_updates = time.perf_counter(), frames, updates
     bar = tqdm(
@@ -204,7 +212,9 @@ def train(cfg: DictConfig) -> dict:
                 n_new = batch.numel()
                 frames += n_new
                 collected_this_run += n_new
+                batches.before_extend()
                 replay.extend(select_for_storage(batch, agent.obs_keys, float(cfg.reward_scale)))
+                batches.after_extend()
                 episode = finished_episode_stats(batch)
                 if episode:
                     logger.log(episode, frames)
@@ -212,9 +222,7 @@ def train(cfg: DictConfig) -> dict:
                     owed += n_new * updates_per_frame
                     while owed >= 1.0 and not stop.requested and time.perf_counter() < deadline:
                         owed -= 1.0
-                        sequences = sample_sequences(
-                            replay, int(cfg.batch_size), int(cfg.batch_length), cfg.device
-                        )
+                        sequences = batches.take()
                         if learner is None:
                             with getattr(collector, "paused", nullcontext)():
                                 learner = make_learner(cfg, agent, sequences, grad_hook)
@@ -222,6 +230,8 @@ def train(cfg: DictConfig) -> dict:
                         clock.start()
                         metrics = learner(sequences)
                         clock.stop()
+                        batches.prefetch()  # the next batch is sampled while this update runs
+                        pacer.launched()
                         updates += 1
                         if sync_every and updates % sync_every == 0:
                             collector.update_policy_weights_()
