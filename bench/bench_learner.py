@@ -22,9 +22,9 @@ Usage::
         --json out.json
 
 Prints one table row per run; ``--profile`` adds a CUDA kernel-time vs wall-time breakdown of the
-first graphed run. ``--count-ops`` times nothing: it counts the ATen ops of one update of each
-``ours_*`` run (the graph learner's step function run eagerly; a device-free proxy for the
-kernels per update), e.g. ``python bench/bench_learner.py --device cpu --count-ops --runs
+first graphed run. ``--count-ops`` times nothing: it counts the ATen ops and the FLOPs of one
+update of each ``ours_*`` run (the graph learner's step function run eagerly; a device-free proxy
+for the kernels per update, and the replay rate the FLOPs allow at ``--peak-tflops``), e.g. ``python bench/bench_learner.py --device cpu --count-ops --runs
 16x64:ours_graph``.
 """
 
@@ -203,7 +203,8 @@ def profile_update(update, inputs, device) -> dict:
 
 
 def count_update_ops(variant: str, batch: int, steps: int, args) -> str:
-    """ATen ops of one update of ``variant`` (an ``ours_*`` one), after one uncounted update."""
+    """ATen ops and FLOPs of one update of ``variant`` (an ``ours_*`` one), after one uncounted
+    update, and the replay rate that the FLOPs allow at ``args.peak_tflops``."""
     torch.manual_seed(0)
     cfg = make_cfg(args.model, args.device, False, args.horizon)
     env = make_training_env(cfg)
@@ -215,7 +216,14 @@ def count_update_ops(variant: str, batch: int, steps: int, args) -> str:
         build_agent(cfg, env), sample, cuda_graph=False, mixed_precision="bf16" in variant
     )
     update(sample)  # creates the optimizer state, as the graph's warm-up does
-    return summary(count_ops(lambda: update(sample)))
+    counter = count_ops(lambda: update(sample))
+    per_transition = sum(counter.flops.values()) / (batch * steps)
+    bound = args.peak_tflops * 1e12 / per_transition
+    return (
+        f"{summary(counter)}\n"
+        f"FLOPs per replayed transition: {per_transition / 1e6:.1f} M; at {args.peak_tflops:g} "
+        f"TFLOP/s the update can replay at most {bound:,.0f} transitions/s"
+    )
 
 
 def scan_host_syncs(args) -> list[str]:
@@ -271,7 +279,15 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--scan-syncs", action="store_true", help="list host syncs first")
     parser.add_argument(
-        "--count-ops", action="store_true", help="count ATen ops per update instead of timing"
+        "--count-ops",
+        action="store_true",
+        help="count ATen ops and FLOPs per update instead of timing",
+    )
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="peak for the --count-ops bound (default: H100 SXM dense bf16, NVIDIA's datasheet)",
     )
     args = parser.parse_args()
     args._profiled = False
