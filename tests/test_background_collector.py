@@ -8,6 +8,7 @@ thread interleaves ``extend`` and ``sample`` on a ``[envs, time]`` storage on th
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import torch
@@ -17,7 +18,7 @@ from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.data import LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
 
-from dreamer.collector.background import BackgroundCollector, LockedPolicy
+from dreamer.collector.background import BackgroundCollector, LockedPolicy, StagedWeights
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -96,6 +97,31 @@ def test_weights_are_copied_only_between_acting_steps():
     assert torch.equal(acting.module.weight, learner.module.weight)
     assert not acting.module.weight.requires_grad
     source.shutdown()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="streams need a GPU")
+def test_staged_weights_are_adopted_once_copied_without_waiting_for_the_learner():
+    """The acting stream keeps its weights while the learner's stream is still busy, then takes
+    the newest published version whole."""
+    acting = {"w": torch.zeros(1000, device="cuda")}
+    staged = StagedWeights(acting)
+    acting_stream = torch.cuda.Stream(priority=-1)
+    torch.cuda.synchronize()
+    torch.cuda._sleep(int(5e8))  # the update in flight on the training stream
+    started = time.perf_counter()
+    staged.publish({"w": torch.full((1000,), 1.0, device="cuda")})
+    staged.publish({"w": torch.full((1000,), 2.0, device="cuda")})
+    with torch.cuda.stream(acting_stream):
+        staged.adopt()  # the copies are still queued: nothing to adopt yet
+    assert time.perf_counter() - started < 0.1, "publishing or adopting waited for the learner"
+    assert not torch.cuda.current_stream().query(), "the learner's work should still be running"
+    acting_stream.synchronize()
+    assert bool((acting["w"] == 0).all()) and staged.adopted == 0
+    torch.cuda.synchronize()
+    with torch.cuda.stream(acting_stream):
+        staged.adopt()
+    acting_stream.synchronize()
+    assert bool((acting["w"] == 2.0).all()) and staged.adopted == 2
 
 
 def test_collector_errors_reach_the_training_thread():
