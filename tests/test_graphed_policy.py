@@ -135,3 +135,36 @@ def test_sleep_until_idle_waits_without_spinning_a_core():
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     assert wall > 0.2, "the GPU work should still have been running"
     assert cpu < 0.5 * wall, f"the host used {cpu:.2f} s of CPU in a {wall:.2f} s wait"
+
+
+@cuda
+def test_collection_on_a_gpu_acts_through_a_captured_graph():
+    """The collector calls the policy without gradients, so the wrapper replays, not falls back."""
+    from conftest import load_config
+
+    from dreamer.agent import build_agent
+    from dreamer.collector.collector import make_batch_source
+    from dreamer.training.loop import make_training_env
+
+    cfg = load_config(
+        "profile=smoke",
+        "task=Isaac-Cartpole-v0",
+        "device=cuda",
+        "env.device=cuda",
+        "env.num_envs=4",
+        "collector.frames_per_batch=32",
+        "collector.init_random_frames=0",
+        "collector.total_frames=64",
+    )
+    cfg.compile.enabled = False
+    env = make_training_env(cfg)
+    source = make_batch_source(cfg, env, build_agent(cfg, env).policy)
+    assert isinstance(source.policy, GraphedPolicy)
+    batch = next(iter(source))
+    assert batch.shape == (4, 8) and bool(batch["action"].abs().le(1).all())
+    # The collector acts under RANDOM exploration (it also calls the policy once, outside any
+    # exploration context, when it is built: a graph of its own).
+    keys = [key[2] for key in source.policy.graphs]
+    assert str(InteractionType.RANDOM) in keys, keys
+    assert not source.policy.failed
+    source.shutdown()
