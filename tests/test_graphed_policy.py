@@ -55,6 +55,13 @@ def test_on_a_cpu_the_wrapper_is_the_eager_policy(acting):
     assert not graphed.graphs
 
 
+def test_capturing_ahead_is_a_no_op_off_cuda(acting):
+    policy, dims = acting
+    graphed = GraphedPolicy(policy)
+    graphed.capture(_mid_episode(dims, 6, "cpu"), InteractionType.RANDOM)
+    assert not graphed.graphs and not graphed.failed
+
+
 def test_the_config_flag_decides_whether_collection_acts_through_graphs(acting, smoke_cfg):
     policy, _ = acting
     assert isinstance(graphed_if_enabled(smoke_cfg, policy), GraphedPolicy)
@@ -124,6 +131,16 @@ def test_replays_match_the_eager_policy_and_follow_weights_and_inputs(acting, sm
         assert torch.equal(first["action"], kept)
         graphed(_mid_episode(dims, 4, "cuda"))  # another batch shape: a second graph
         assert len(graphed.graphs) == 2
+    # Captured ahead (as the async collector does on the training thread), then replayed.
+    ahead = GraphedPolicy(policy)
+    ahead.capture(_mid_episode(dims, 6, "cuda"), InteractionType.RANDOM)
+    assert len(ahead.graphs) == 1
+    with torch.no_grad(), set_interaction_type(InteractionType.RANDOM):
+        td = _mid_episode(dims, 6, "cuda", 9)
+        torch.testing.assert_close(
+            ahead(td.clone())["belief"], policy(td.clone())["belief"], rtol=1e-5, atol=1e-5
+        )
+    assert len(ahead.graphs) == 1
 
 
 @cuda

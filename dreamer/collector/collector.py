@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from omegaconf import OmegaConf
+from tensordict.nn import InteractionType
 from torch import nn
 from torchrl.collectors import Collector
 from torchrl.envs import EnvBase
@@ -80,6 +81,10 @@ def make_batch_source(cfg, env: EnvBase, policy):
 
     def build(locked_policy):
         locked_policy = graph_inside(cfg, locked_policy)
+        if isinstance(locked_policy.policy, GraphedPolicy):
+            # Captured here, before the collection thread starts, not beside replay sampling.
+            example = env.fake_tensordict().to(acting_device)
+            locked_policy.policy.capture(example, InteractionType.RANDOM)
         return make_collector(cfg, env, locked_policy, policy_device=acting_device)
 
     return BackgroundCollector(

@@ -20,7 +20,7 @@ import warnings
 
 import torch
 from tensordict import TensorDictBase
-from tensordict.nn import TensorDictModuleBase
+from tensordict.nn import InteractionType, TensorDictModuleBase, set_interaction_type
 from tensordict.nn.probabilistic import interaction_type
 
 
@@ -65,6 +65,19 @@ class GraphedPolicy(TensorDictModuleBase):
             static_out = self.policy(static_in.clone()).select(*self.out_keys)
         self.graphs[key] = (graph, static_in, static_out)
         return self.graphs[key]
+
+    @torch.no_grad()
+    def capture(self, example: TensorDictBase, interaction: InteractionType) -> None:
+        """Capture the graph for ``example``'s shape under ``interaction`` now (no-op off CUDA).
+
+        ``pipeline.mode=async`` calls this on the training thread before collection starts:
+        capture puts the CUDA generator in capture mode, and the training thread's replay
+        sampling draws from that generator, so the two must not overlap.
+        """
+        with set_interaction_type(interaction):
+            key = self._key(example)
+            if key is not None and key not in self.graphs:
+                self._capture(key, example.select(*self.in_keys))
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         key = self._key(tensordict)
