@@ -62,6 +62,29 @@ def test_capturing_ahead_is_a_no_op_off_cuda(acting):
     assert not graphed.graphs and not graphed.failed
 
 
+def test_a_policy_that_cannot_be_captured_acts_eagerly_with_a_warning(acting):
+    """A failed capture must never stop collection: that key runs eagerly from then on."""
+    policy, dims = acting
+
+    class Uncapturable(GraphedPolicy):
+        attempts = 0
+
+        def _key(self, tensordict):  # pretend to be on a GPU
+            return ((6,), "cuda:0", "random")
+
+        def _capture(self, key, tensordict):
+            Uncapturable.attempts += 1
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    graphed = Uncapturable(policy)
+    with torch.no_grad():
+        with pytest.warns(UserWarning, match="not captured"):
+            graphed.capture(_mid_episode(dims, 6, "cpu"), InteractionType.RANDOM)
+        out = graphed(_mid_episode(dims, 6, "cpu"))
+    assert out["action"].shape == (6, 2) and Uncapturable.attempts == 1
+    assert graphed.failed == {((6,), "cuda:0", "random")} and not graphed.graphs
+
+
 def test_the_config_flag_decides_whether_collection_acts_through_graphs(acting, smoke_cfg):
     policy, _ = acting
     assert isinstance(graphed_if_enabled(smoke_cfg, policy), GraphedPolicy)

@@ -66,6 +66,15 @@ class GraphedPolicy(TensorDictModuleBase):
         self.graphs[key] = (graph, static_in, static_out)
         return self.graphs[key]
 
+    def _try_capture(self, key: tuple, tensordict: TensorDictBase):
+        """Capture, or remember that this key runs eagerly (with a warning saying why)."""
+        try:
+            return self._capture(key, tensordict)
+        except RuntimeError as error:  # e.g. an op that syncs with the host
+            self.failed.add(key)
+            warnings.warn(f"acting policy not captured ({error}); it runs eagerly", stacklevel=3)
+            return None
+
     @torch.no_grad()
     def capture(self, example: TensorDictBase, interaction: InteractionType) -> None:
         """Capture the graph for ``example``'s shape under ``interaction`` now (no-op off CUDA).
@@ -76,8 +85,8 @@ class GraphedPolicy(TensorDictModuleBase):
         """
         with set_interaction_type(interaction):
             key = self._key(example)
-            if key is not None and key not in self.graphs:
-                self._capture(key, example.select(*self.in_keys))
+            if key is not None and key not in self.graphs and key not in self.failed:
+                self._try_capture(key, example.select(*self.in_keys))
 
     def forward(self, tensordict: TensorDictBase) -> TensorDictBase:
         key = self._key(tensordict)
@@ -87,13 +96,8 @@ class GraphedPolicy(TensorDictModuleBase):
         if entry is None:
             if len(self.graphs) >= self.max_graphs:
                 return self.policy(tensordict)
-            try:
-                entry = self._capture(key, tensordict)
-            except RuntimeError as error:  # e.g. an op that syncs with the host
-                self.failed.add(key)
-                warnings.warn(
-                    f"acting policy not captured ({error}); it runs eagerly", stacklevel=2
-                )
+            entry = self._try_capture(key, tensordict)
+            if entry is None:
                 return self.policy(tensordict)
         graph, static_in, static_out = entry
         with torch.no_grad():
