@@ -31,11 +31,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
 import torch
-from tensordict import TensorDict, TensorDictBase
+from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
 
 from dreamer.collector.process import copy_weights, policy_weights
+from dreamer.replay.prefetch import keep_until_used
 
 _DONE = object()
 
@@ -130,7 +131,8 @@ class BackgroundCollector:
         cuda = torch.device(acting_device).type == "cuda"
         # Priority -1 is the higher of CUDA's two: acting kernels go first when both are ready.
         self.stream = torch.cuda.Stream(acting_device, priority=-1) if cuda else None
-        self.staged = StagedWeights(policy_weights(self.acting)) if cuda else None
+        self.acting_weights = policy_weights(self.acting)
+        self.staged = StagedWeights(self.acting_weights) if cuda else None
         before_step = self.staged.adopt if cuda else None
         self.collector = make_collector(LockedPolicy(self.acting, self.lock, before_step))
         self.batches: queue.Queue = queue.Queue(maxsize=max_batches_ahead)
@@ -171,13 +173,8 @@ class BackgroundCollector:
                 if self.error is not None:
                     raise RuntimeError("the background collector failed") from self.error
                 return
-            if self.stream is not None:
-                # Allocated on the collection stream, read (extend) on this thread's: its memory
-                # must not be reused before this stream's work queued by then is done.
-                current = torch.cuda.current_stream(self.stream.device)
-                for tensor in batch.values(include_nested=True, leaves_only=True):
-                    if tensor.device.type == "cuda":
-                        tensor.record_stream(current)
+            if self.stream is not None:  # made on the collection stream, extended on this one
+                keep_until_used(batch, torch.cuda.current_stream(self.stream.device))
             yield batch
 
     @contextmanager
@@ -196,12 +193,12 @@ class BackgroundCollector:
         On CUDA they are staged and adopted by the collection thread once copied (see
         :class:`StagedWeights`); on a CPU they are copied right away.
         """
+        weights = policy_weights(self.learner_policy)
         with self.lock, torch.no_grad():
             if self.staged is not None:
-                self.staged.publish(policy_weights(self.learner_policy))
+                self.staged.publish(weights)
             else:
-                weights = TensorDict.from_module(self.learner_policy).data
-                TensorDict.from_module(self.acting).update_(weights)
+                copy_weights(self.acting_weights, weights)
         self.weight_syncs += 1
 
     def shutdown(self) -> None:

@@ -44,7 +44,7 @@ def make_collector(
 def graphed_if_enabled(cfg, policy: nn.Module) -> nn.Module:
     """The acting policy as collection runs it: replayed from CUDA graphs when
     ``collector.graph_policy`` (see :mod:`dreamer.policy.graphed_acting`)."""
-    return GraphedPolicy(policy) if bool(cfg.collector.get("graph_policy", True)) else policy
+    return GraphedPolicy(policy) if bool(cfg.collector.graph_policy) else policy
 
 
 def graph_inside(cfg, wrapper: nn.Module) -> nn.Module:

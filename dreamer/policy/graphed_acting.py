@@ -99,10 +99,9 @@ class GraphedPolicy(TensorDictModuleBase):
             entry = self._try_capture(key, tensordict)
             if entry is None:
                 return self.policy(tensordict)
-        graph, static_in, static_out = entry
-        with torch.no_grad():
-            static_in.update_(tensordict.select(*self.in_keys))
-            graph.replay()
-            # The next replay overwrites the outputs; the caller may keep these.
-            tensordict.update(static_out.clone())
+        graph, static_in, static_out = entry  # a key exists only with gradients off
+        static_in.update_(tensordict.select(*self.in_keys))
+        graph.replay()
+        # The next replay overwrites the outputs; the caller may keep these.
+        tensordict.update(static_out.clone())
         return tensordict

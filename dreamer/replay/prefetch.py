@@ -30,6 +30,14 @@ import torch
 from tensordict import TensorDictBase
 
 
+def keep_until_used(batch: TensorDictBase, stream: torch.cuda.Stream) -> None:
+    """Let ``stream`` read ``batch``'s CUDA tensors that another stream allocated: their memory
+    is not reused before the work ``stream`` has queued by the time they are freed is done."""
+    for tensor in batch.values(include_nested=True, leaves_only=True):
+        if tensor.device.type == "cuda":
+            tensor.record_stream(stream)
+
+
 class SamplePrefetcher:
     """Samples batch ``k + 1`` on a side stream while update ``k`` runs (see module docstring).
 
@@ -53,8 +61,7 @@ class SamplePrefetcher:
         batch, self.pending = self.pending, None
         stream = torch.cuda.current_stream(self.side.device)
         stream.wait_stream(self.side)
-        for tensor in batch.values(include_nested=True, leaves_only=True):
-            tensor.record_stream(stream)
+        keep_until_used(batch, stream)
         return batch
 
     def prefetch(self) -> None:

@@ -14,14 +14,6 @@ from collections import deque
 import torch
 
 
-def sleep_until_idle(device: torch.device) -> None:
-    """Wait for ``device``'s queued work with the host thread asleep (no-op off CUDA)."""
-    if device.type == "cuda":
-        done = torch.cuda.Event(blocking=True)
-        done.record()
-        done.synchronize()
-
-
 class UpdatePacer:
     """Keeps at most ``depth`` updates queued on the device, waiting for older ones asleep.
 
