@@ -68,7 +68,11 @@ def test_hoisted_filter_matches_the_step_by_step_filter():
     assert got.keys() == expected.keys()
     assert bool(inputs[3][:, 1:].any()), "the case must restart some segments mid-sequence"
     for key in expected:
-        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
+        # The hoisted filter splits two layers' sums by input (the posterior's first layer and
+        # the GRU's hidden layer), which reassociates them: float32 rounding, relative to scale.
+        scale = float(expected[key].abs().max())
+        atol = 1e-6 * (1 + scale)
+        torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=atol, msg=key)
 
 
 def test_hoisted_filter_has_the_step_by_step_gradients():

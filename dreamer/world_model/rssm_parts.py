@@ -6,8 +6,10 @@ observation half of the posterior's first layer) and runs the prior head and a d
 sample at every step. :mod:`dreamer.world_model.rssm_step` recomposes the same maths from the
 sub-networks instead; :func:`rssm_parts` is the one place that reads them out of TorchRL's
 cells (``tests/test_rssm_parts.py`` pins that the recomposition equals the cells' ``forward``).
-Nothing is copied or re-registered: every parameter stays the cell's own tensor, so state dicts,
-optimizer groups and checkpoints are unchanged.
+Nothing is re-registered: every parameter stays the cell's own tensor, so state dicts, optimizer
+groups and checkpoints are unchanged. One weight is read in a second layout: the block GRU's hidden
+layer is split by input (see :class:`PriorParts`), and its shared-features part is copied into a
+dense linear weight, differentiably, at every :func:`rssm_parts` call.
 """
 
 from __future__ import annotations
@@ -39,8 +41,13 @@ class PriorParts:
     belief_projection: nn.Module
     state_projection: nn.Module
     action_projection: nn.Module
-    hidden_weight: torch.Tensor  # block-linear weight [blocks, in / blocks, deter / blocks]
-    hidden_bias: torch.Tensor
+    # The hidden block-linear layer reads cat([belief block b, features]) in block b. Split by
+    # input, it is a block-diagonal layer on the belief (a view [blocks, deter / blocks, out]) plus
+    # one dense layer on the features every block shares ([blocks * out, features], a copy):
+    # the same sums without copying the features once per block.
+    hidden_belief_weight: torch.Tensor
+    hidden_features_weight: torch.Tensor
+    hidden_bias: torch.Tensor  # [blocks * out], the features layer's bias
     hidden_rest: nn.Module  # the RMS norm and SiLU after the hidden block-linear layer
     gates_weight: torch.Tensor  # block-linear weight [blocks, deter / blocks, 3 * deter / blocks]
     gates_bias: torch.Tensor
@@ -86,11 +93,16 @@ def rssm_parts(prior: RSSMPriorV3, posterior: RSSMPosteriorV3 | None = None) -> 
     rnn = prior.rnn
     if len(rnn.hidden_layers) != 3:
         raise ValueError("the fast RSSM needs a block GRU with one hidden layer (num_layers=1)")
+    hidden = rnn.hidden_layers[0].weight  # [blocks, deter / blocks + features, out]
+    block_deter = prior.rnn_hidden_dim // rnn.num_blocks
     prior_parts = PriorParts(
         belief_projection=rnn.belief_projection,
         state_projection=rnn.state_projection,
         action_projection=rnn.action_projection,
-        hidden_weight=rnn.hidden_layers[0].weight,
+        hidden_belief_weight=hidden[:, :block_deter],
+        hidden_features_weight=hidden[:, block_deter:]
+        .transpose(1, 2)
+        .reshape(-1, hidden.shape[1] - block_deter),
         hidden_bias=rnn.hidden_layers[0].bias,
         hidden_rest=rnn.hidden_layers[1:],
         gates_weight=rnn.gates.weight,

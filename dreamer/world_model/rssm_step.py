@@ -43,21 +43,35 @@ def action_features(
 def block_linear(
     value: torch.Tensor,
     weight: torch.Tensor,
-    bias: torch.Tensor,
+    bias: torch.Tensor | None,
     deferred: DeferredLayers | None = None,
 ) -> torch.Tensor:
     """TorchRL's block-linear layer, left block-major: ``[N, blocks * i] -> [blocks, N, o]``.
 
-    The bias is added inside the batched matmul, and moving the blocks back to ``[N, blocks * o]``
-    is left to the caller, which can often skip it.
+    The bias (if any) is added inside the batched matmul, and moving the blocks back to
+    ``[N, blocks * o]`` is left to the caller, which can often skip it.
     """
     blocks, _, block_out = weight.shape
     value = value.unflatten(-1, (blocks, -1)).transpose(0, 1)
     if deferred is not None and deferred.handles(weight):
         return deferred.block_linear(value, weight)
     # Parameters in the activation dtype, as TorchRL does: a bf16 recurrence stays bf16.
-    bias = bias.to(value.dtype).view(blocks, 1, block_out)
-    return torch.baddbmm(bias, value, weight.to(value.dtype))
+    weight = weight.to(value.dtype)
+    if bias is None:
+        return torch.bmm(value, weight)
+    return torch.baddbmm(bias.to(value.dtype).view(blocks, 1, block_out), value, weight)
+
+
+def linear(
+    value: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    deferred: DeferredLayers | None = None,
+) -> torch.Tensor:
+    """``F.linear`` on ``[N, in]``, with the weight gradient left to ``deferred`` if it has it."""
+    if deferred is not None and deferred.handles(weight):
+        return deferred.linear(value, weight)
+    return F.linear(value, weight.to(value.dtype), None if bias is None else bias.to(value.dtype))
 
 
 def _gru_stacks(parts: PriorParts, with_action: bool) -> list[nn.Sequential]:
@@ -73,7 +87,8 @@ def gru_layers(
     the belief, state and (``with_action``) action projections and the two block-linear layers."""
     return [
         *(pair for stack in _gru_stacks(parts, with_action) for pair in linear_layers(stack)),
-        (parts.hidden_weight, parts.hidden_bias),
+        (parts.hidden_belief_weight, None),
+        (parts.hidden_features_weight, parts.hidden_bias),
         (parts.gates_weight, parts.gates_bias),
     ]
 
@@ -93,9 +108,12 @@ def gru_step(
 ) -> torch.Tensor:
     """Next belief ``[..., deter]`` from ``state``, ``belief`` and :func:`action_features`.
 
-    The gate arithmetic runs on block-major views of the gate outputs, and the update
-    ``u * c + (1 - u) * h`` is computed as ``h + u * (c - h)``: the same numbers up to rounding,
-    in fewer kernels than TorchRL's flattened copies; on CUDA it is one Triton kernel each way
+    The hidden layer runs split by input (:class:`~dreamer.world_model.rssm_parts.PriorParts`):
+    one matmul on the features all blocks share and a block-diagonal one on the belief, added in
+    the ``[N, blocks, out]`` layout the norm reads. The gate arithmetic runs on block-major views
+    of the gate outputs, and the update ``u * c + (1 - u) * h`` is computed as
+    ``h + u * (c - h)``: the same numbers up to rounding, in fewer kernels than TorchRL's
+    flattened copies; on CUDA it is one Triton kernel each way
     (:func:`~dreamer.world_model.fused_ops.gru_gate_update`). With ``deferred`` (made from
     :func:`gru_layers`), the layers' weight gradients are left to it.
     """
@@ -109,14 +127,14 @@ def gru_step(
         ],
         -1,
     )
-    grouped = belief.unflatten(-1, (blocks, -1))
-    repeated = features.unsqueeze(-2).expand(*features.shape[:-1], blocks, -1)
-    hidden = torch.cat([grouped, repeated], -1).flatten(-2)
-    hidden = block_linear(hidden, parts.hidden_weight, parts.hidden_bias, deferred)
-    hidden = run_layers(parts.hidden_rest, hidden.transpose(0, 1).flatten(-2), deferred)
+    shared = linear(features, parts.hidden_features_weight, parts.hidden_bias, deferred)
+    own = block_linear(belief, parts.hidden_belief_weight, None, deferred)
+    hidden = shared.unflatten(-1, (blocks, -1)) + own.transpose(0, 1)
+    hidden = run_layers(parts.hidden_rest, hidden.flatten(-2), deferred)
     gates = block_linear(hidden, parts.gates_weight, parts.gates_bias, deferred)
     if fused_ops.use_fused(gates, belief):
         return fused_ops.gru_gate_update(gates, belief, UPDATE_BIAS).reshape(*leading, -1)
+    grouped = belief.unflatten(-1, (blocks, -1))
     gates = gates.transpose(0, 1)
     reset, candidate, update = gates.unflatten(-1, (3, -1)).unbind(-2)
     candidate = (reset.sigmoid() * candidate).tanh()
