@@ -13,7 +13,10 @@ batches (Ant's 60-dim observation, 8-dim action, episode starts at rate 1/200):
 * ``..._compiled``: the same with the four MLPs compiled (card fix 4);
 * ``..._unfused``: any ``ours_*`` variant with the Triton kernels of
   :mod:`dreamer.world_model.fused_ops` off (``learner.fused_kernels=false``), to time them
-  against the torch code at the same sizes, e.g. ``16x64:ours_graph,ours_graph_unfused``.
+  against the torch code at the same sizes, e.g. ``16x64:ours_graph,ours_graph_unfused``;
+* ``..._serial``: any ``ours_*`` variant with the actor-critic losses on the world model's stream
+  (``learner.concurrent_branches=false``, :mod:`dreamer.training.concurrent_loss`);
+  ``..._flat``: the two branches on streams of equal priority.
 
 Usage::
 
@@ -22,7 +25,8 @@ Usage::
         --json out.json
 
 Prints one table row per run; ``--profile`` adds a CUDA kernel-time vs wall-time breakdown of the
-first graphed run. ``--count-ops`` times nothing: it counts the ATen ops and the FLOPs of one
+first graphed run, and ``--trace FILE`` writes that run's kernels of one update in launch order
+(name, stream, start and duration in microseconds) as JSON. ``--count-ops`` times nothing: it counts the ATen ops and the FLOPs of one
 update of each ``ours_*`` run (the graph learner's step function run eagerly; a device-free proxy
 for the kernels per update, and the replay rate the FLOPs allow at ``--peak-tflops``), e.g. ``python bench/bench_learner.py --device cpu --count-ops --runs
 16x64:ours_graph``.
@@ -53,6 +57,7 @@ from torchrl_stock import build_stock_learner, stock_sequences  # noqa: E402
 
 from dreamer.agent import build_agent  # noqa: E402
 from dreamer.config import load_config  # noqa: E402
+from dreamer.training.concurrent_loss import branch_stream  # noqa: E402
 from dreamer.training.config_check import resolve_compile  # noqa: E402
 from dreamer.training.graphed_update import GraphedUpdate  # noqa: E402
 from dreamer.training.loop import make_training_env, use_tf32  # noqa: E402
@@ -114,9 +119,17 @@ def build_update(variant: str, cfg, env, example):
     agent = build_agent(cfg, env)
     # Read when the update runs, so a graph keeps what was set at its capture (just below).
     set_fused_kernels("unfused" not in variant)
+    concurrent = "serial" not in variant
     if variant.startswith("ours_eager"):
-        return (lambda s: update_step(agent, s)), (lambda s: s)
-    graphed = GraphedUpdate(agent, example, mixed_precision="bf16" in variant)
+        stream = branch_stream(example.get("action").device, concurrent)
+        return (lambda s: update_step(agent, s, side_stream=stream)), (lambda s: s)
+    graphed = GraphedUpdate(
+        agent,
+        example,
+        mixed_precision="bf16" in variant,
+        concurrent_branches=concurrent,
+        prioritise_world_model="flat" not in variant,
+    )
     return graphed, (lambda s: s)
 
 
@@ -168,11 +181,28 @@ def time_run(variant: str, batch: int, steps: int, args) -> dict:
     }
     if args.profile and not eager and not args._profiled:
         args._profiled = True
-        row["profile"] = profile_update(update, inputs, device)
+        row["profile"] = profile_update(update, inputs, device, args.trace)
     return row
 
 
-def profile_update(update, inputs, device) -> dict:
+def write_trace(kernels: list, updates: int, path: Path) -> None:
+    """The last of ``updates`` profiled updates' kernels, in start order, as JSON at ``path``."""
+    kernels = sorted(kernels, key=lambda e: e.time_range.start)
+    last = kernels[len(kernels) - len(kernels) // updates :]
+    origin = last[0].time_range.start
+    rows = [
+        {
+            "name": e.name[:120],
+            "stream": getattr(e, "device_resource_id", None),
+            "start_us": e.time_range.start - origin,
+            "us": e.device_time,
+        }
+        for e in last
+    ]
+    path.write_text(json.dumps(rows))
+
+
+def profile_update(update, inputs, device, trace: Path | None = None) -> dict:
     """Kernel time inside one update vs its wall time, and the most expensive kernels."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -185,6 +215,8 @@ def profile_update(update, inputs, device) -> dict:
         torch.cuda.synchronize()
         wall_ms = (time.perf_counter() - t0) * 1e3 / n
     kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+    if trace is not None:
+        write_trace(kernels, n, trace)
     kernel_ms = sum(e.device_time for e in kernels) / 1e3 / n
     by_name: dict[str, list[float]] = {}
     for e in kernels:
@@ -277,6 +309,7 @@ def main() -> None:
     parser.add_argument("--graph-iters", type=int, default=50)
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--trace", type=Path, help="with --profile: one update's kernels (JSON)")
     parser.add_argument("--scan-syncs", action="store_true", help="list host syncs first")
     parser.add_argument(
         "--count-ops",

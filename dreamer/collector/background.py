@@ -62,6 +62,9 @@ class LockedPolicy(TensorDictModuleBase):
             return self.policy(tensordict)
 
 
+ACTING_PRIORITY = -2
+
+
 class StagedWeights:
     """Two staging copies of the acting weights between the training and collection streams.
 
@@ -129,8 +132,9 @@ class BackgroundCollector:
         self.lock = threading.Lock()
         self.acting = acting_copy(learner_policy, acting_device)
         cuda = torch.device(acting_device).type == "cuda"
-        # Priority -1 is the higher of CUDA's two: acting kernels go first when both are ready.
-        self.stream = torch.cuda.Stream(acting_device, priority=-1) if cuda else None
+        # Acting kernels go first when both are ready: above the learner's world-model branch
+        # (WORLD_MODEL_PRIORITY, -1) and its actor-critic branch (0).
+        self.stream = torch.cuda.Stream(acting_device, priority=ACTING_PRIORITY) if cuda else None
         self.acting_weights = policy_weights(self.acting)
         self.staged = StagedWeights(self.acting_weights) if cuda else None
         before_step = self.staged.adopt if cuda else None

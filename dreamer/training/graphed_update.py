@@ -24,6 +24,7 @@ from dreamer.training.capturable_optimizer import (
     init_optimizer_state,
     optimizer_step,
 )
+from dreamer.training.concurrent_loss import branch_stream, world_model_stream
 from dreamer.training.update import update_step
 
 
@@ -39,6 +40,11 @@ class GraphedUpdate:
         warmup_updates: eager updates run on a side stream before capture (cuBLAS handles,
             compiled-MLP code and optimizer state get made there); the agent's parameters,
             buffers, optimizer state and RNG are restored afterwards, so warm-up trains nothing.
+        concurrent_branches: run the actor-critic losses on a second stream beside the world
+            model's (:mod:`dreamer.training.concurrent_loss`; CUDA only).
+        prioritise_world_model: capture the world model's branch on a higher-priority stream
+            than the actor-critic branch (with ``concurrent_branches``; the benchmark's
+            ``_flat`` variants turn it off to measure it).
     """
 
     def __init__(
@@ -50,6 +56,8 @@ class GraphedUpdate:
         mixed_precision: bool = False,
         warmup_updates: int = 3,
         grad_hook=None,
+        concurrent_branches: bool = True,
+        prioritise_world_model: bool = True,
     ):
         self.agent = agent
         self.grad_hook = grad_hook
@@ -59,9 +67,18 @@ class GraphedUpdate:
         self.keys = [key for key in agent.loss.in_keys if key in present]
         self.device = example.get(self.keys[0]).device
         self.mixed_precision = mixed_precision and self.device.type == "cuda"
+        self.side_stream = branch_stream(self.device, concurrent_branches)
         self.cuda_graph = self.device.type == "cuda" if cuda_graph is None else cuda_graph
         if self.cuda_graph and self.device.type != "cuda":
             raise ValueError("cuda_graph=True needs the replay sample on a CUDA device.")
+        # Captured on a stream of its own (not torch.cuda.graph's shared default, which the
+        # acting policy's graphs also use), above the actor-critic branch when asked.
+        self.capture_stream = None
+        if self.cuda_graph:
+            prioritise = concurrent_branches and prioritise_world_model
+            self.capture_stream = world_model_stream(self.device, prioritise) or torch.cuda.Stream(
+                self.device
+            )
         init_optimizer_state(agent.optimizer)
         self.steps = device_step_counters(agent.optimizer)
         self.static_output: TensorDictBase | None = None
@@ -79,6 +96,7 @@ class GraphedUpdate:
             step_optimizer=lambda: optimizer_step(self.agent.optimizer, self.steps),
             mixed_precision=self.mixed_precision,
             grad_hook=self.grad_hook,
+            side_stream=self.side_stream,
         )
 
     def _training_state(self) -> list[torch.Tensor]:
@@ -110,7 +128,9 @@ class GraphedUpdate:
         torch.cuda.synchronize(self.device)
         # thread_local: the background collector may call into CUDA from its own thread while
         # this one captures; only this thread's calls must be capture-safe.
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(
+            self.graph, stream=self.capture_stream, capture_error_mode="thread_local"
+        ):
             self.static_output = self._step(self.static_input)
 
     def __call__(self, sequences: TensorDictBase) -> TensorDictBase:
@@ -135,12 +155,17 @@ def make_learner(cfg, agent: Agent, example: TensorDictBase, grad_hook=None):
     if mode == "auto":
         on_cuda = example.get("action").device.type == "cuda"
         mode = "graph" if on_cuda and grad_hook is None else "eager"
+    concurrent = bool(cfg.learner.concurrent_branches)
     if mode == "eager":
-        return lambda sequences: update_step(agent, sequences, grad_hook=grad_hook)
+        stream = branch_stream(example.get("action").device, concurrent)
+        return lambda sequences: update_step(
+            agent, sequences, grad_hook=grad_hook, side_stream=stream
+        )
     return GraphedUpdate(
         agent,
         example,
         cuda_graph=True,
         mixed_precision=bool(cfg.learner.mixed_precision),
         grad_hook=grad_hook,
+        concurrent_branches=concurrent,
     )

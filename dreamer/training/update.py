@@ -8,6 +8,7 @@ import torch
 from tensordict import TensorDictBase
 
 from dreamer.agent import Agent
+from dreamer.training.concurrent_loss import dreamer_losses
 
 GRAD_NORM_KEY = "grad_norm"
 
@@ -32,18 +33,20 @@ def update_step(
     step_optimizer: Callable[[], None] | None = None,
     mixed_precision: bool = False,
     grad_hook: Callable[[Agent], None] | None = None,
+    side_stream: torch.cuda.Stream | None = None,
 ) -> TensorDictBase:
     """Compute all DreamerV3 losses on ``[B, T]`` sequences, backprop once, step, EMA the critic.
 
     ``step_optimizer`` replaces ``agent.optimizer.step`` (the CUDA-graph learner passes its
     device-counter step); ``mixed_precision`` runs the losses under bf16 autocast on CUDA;
     ``grad_hook(agent)`` runs between backward and the optimizer step (the data-parallel
-    learner averages gradients there). Returns the detached loss and metric entries (no host
+    learner averages gradients there); ``side_stream`` runs the actor and critic losses beside
+    the world model's (:mod:`dreamer.training.concurrent_loss`). Returns the detached loss and metric entries (no host
     sync happens here).
     """
     device_type = sequences.get("action").device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=mixed_precision):
-        losses = agent.loss(sequences)
+        losses = dreamer_losses(agent.loss, sequences, side_stream)
         terms = loss_terms(losses)
         total = sum(value.sum() for value in terms.values())
     agent.optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,120 @@
+"""DreamerV3's losses with the actor-critic branch on its own CUDA stream.
+
+Why not ``DreamerV3Loss.forward`` as it is: it runs the world-model loss, then the actor and
+critic losses on imagination from the *detached* posterior states, all on one stream. The two
+branches share nothing but those starts, so their backward passes never meet: the 64-step
+filter's backward (hundreds of kernels of 16 rows each) and the 15-step imagination's backward
+(likewise small kernels) are two independent chains. On a GPU the update is bound by the length
+of its kernel chain, not by arithmetic (docs/benchmarks.md), so putting the second chain on
+another stream lets the two run side by side. Autograd runs every backward op on the stream of its
+forward op and syncs the streams where gradients cross, so one ``backward()`` keeps both chains
+apart; CUDA-graph capture records the two streams as two parallel branches of the graph.
+
+:func:`dreamer_losses` computes what ``DreamerV3Loss.forward`` computes, from the same
+sub-losses, in the same order (so the random draws are the same), with the ``actor_loss`` and
+``value_loss`` calls on ``side_stream``. The replay value loss stays on the main stream: its
+gradient reaches the posterior features, so the world model's backward waits for it either way,
+and it is cheap. ``tests/test_concurrent_loss.py`` checks the result against
+``DreamerV3Loss.forward`` (CPU, bitwise) and the graphed update with and without the side stream
+(CUDA).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+from torchrl.objectives import DreamerV3Loss
+
+from dreamer.replay.prefetch import keep_until_used
+
+# CUDA runs ready kernels of a higher-priority stream (lower number) first, and a CUDA graph keeps
+# each kernel's capture-time priority (PyTorch instantiates graphs with node priorities). The
+# filter's backward is a chain of small latency-bound kernels; the imagination's backward is
+# fewer, larger, bandwidth-bound ones that fill the GPU. With equal priorities the large ones
+# crowd the chain out and it finishes long after them (docs/benchmarks.md), so the world model's
+# branch runs above the actor-critic one (default 0). Async collection's acting stream stays above
+# both (dreamer/collector/background.py).
+WORLD_MODEL_PRIORITY = -1
+
+
+def branch_stream(device: torch.device, enabled: bool = True) -> torch.cuda.Stream | None:
+    """A new stream for the actor-critic branch on ``device`` (default priority, below
+    :data:`WORLD_MODEL_PRIORITY`); ``None`` off CUDA or when off."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.cuda.Stream(device)
+
+
+def world_model_stream(device: torch.device, enabled: bool = True) -> torch.cuda.Stream | None:
+    """A stream at :data:`WORLD_MODEL_PRIORITY` for the rest of the update (the graphed learner
+    captures on it); ``None`` off CUDA or when off."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.cuda.Stream(device, priority=WORLD_MODEL_PRIORITY)
+
+
+def _actor_input(loss: DreamerV3Loss, posterior: TensorDictBase, batch: int) -> TensorDict:
+    """The detached posterior states, flattened to ``[B * T]``: where imagination starts."""
+    keys = loss.actor_loss.tensor_keys
+    state = posterior.get(("next", loss.tensor_keys.state)).detach()
+    belief = posterior.get(("next", loss.tensor_keys.belief)).detach()
+    return TensorDict(
+        {
+            keys.state: state.reshape(-1, state.shape[-1]),
+            keys.belief: belief.reshape(-1, belief.shape[-1]),
+        },
+        [batch],
+    )
+
+
+def _replay_value(
+    loss: DreamerV3Loss, sample: TensorDictBase, posterior: TensorDictBase, bootstrap
+) -> torch.Tensor:
+    """The critic's loss on the replayed posterior features, bootstrapped from imagination."""
+    value_loss = loss.value_loss
+    features = posterior.get("next").select(*value_loss.value_model.in_keys)
+    features.set(value_loss.tensor_keys.bootstrap, bootstrap.reshape(sample.batch_size))
+    keys = value_loss.tensor_keys
+    features.set("next", sample.get("next").select(keys.reward, keys.done, keys.terminated))
+    replay = value_loss.replay_value_loss(
+        features, horizon=loss.continuation_horizon, lmbda=loss.lmbda
+    )
+    return replay["loss_replay_value"]
+
+
+def dreamer_losses(
+    loss: DreamerV3Loss, sample: TensorDictBase, side_stream: torch.cuda.Stream | None = None
+) -> TensorDictBase:
+    """``loss(sample)``, with the actor and critic losses queued on ``side_stream`` (if given).
+
+    Returns the same entries as ``DreamerV3Loss.forward``: the scalar losses and metrics and the
+    detached posterior under ``replay_context``.
+    """
+    model_losses, posterior = loss.model_loss(sample)
+    starts = _actor_input(loss, posterior, sample.numel())
+    main_stream = torch.cuda.current_stream(side_stream.device) if side_stream else None
+    if side_stream is not None:
+        side_stream.wait_stream(main_stream)
+        keep_until_used(starts, side_stream)
+    with torch.cuda.stream(side_stream) if side_stream else contextlib.nullcontext():
+        actor_losses, imagined = loss.actor_loss(starts)
+        value_losses, _ = loss.value_loss(imagined.detach())
+        bootstrap = imagined.get("lambda_target")[..., 0, 0]
+    if side_stream is not None:
+        main_stream.wait_stream(side_stream)
+        for entries in (actor_losses, value_losses):
+            keep_until_used(entries, main_stream)
+        bootstrap.record_stream(main_stream)
+    if loss.replay_value_loss_weight:
+        replay_value = _replay_value(loss, sample, posterior, bootstrap)
+    else:
+        replay_value = bootstrap.new_zeros(())
+    result = model_losses.apply(torch.squeeze)
+    result.update(actor_losses).update(value_losses)
+    result.set("loss_replay_value", loss.replay_value_loss_weight * replay_value)
+    result.set("replay_value", replay_value.detach())
+    context = posterior.get("next").select(loss.tensor_keys.state, loss.tensor_keys.belief)
+    result.set(loss.tensor_keys.replay_context, context.detach())
+    return result

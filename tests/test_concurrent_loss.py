@@ -1,0 +1,83 @@
+"""The actor-critic branch on a second stream computes exactly what ``DreamerV3Loss`` computes.
+
+On a CPU the streams are off, so :func:`dreamer_losses` must equal TorchRL's forward bitwise: same
+sub-losses, same order, same random draws. On CUDA the graphed update with the side stream must
+give the losses and gradients of the one without it (a missing stream sync would read unfinished
+or reused memory; float32 with TF32 off, so the only differences are summation orders: 1e-5).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from test_graphed_update import _agent, _sequences
+
+from dreamer.training.concurrent_loss import branch_stream, dreamer_losses
+
+
+def test_matches_torchrl_dreamer_loss_forward_bitwise(smoke_cfg):
+    agent = _agent(smoke_cfg, 5)
+    sample = _sequences(3, 8, obs_dim=4, action_dim=2)
+    torch.manual_seed(1)
+    expected = agent.loss(sample.clone())
+    torch.manual_seed(1)
+    got = dreamer_losses(agent.loss, sample.clone())
+    assert set(got.keys(True, True)) == set(expected.keys(True, True))
+    for key in expected.keys(True, True):
+        assert torch.equal(got[key], expected[key]), key
+    assert got["loss_replay_value"] != 0  # the replay critic loss is on in the smoke profile
+
+
+def test_the_branch_gets_gradients_into_actor_critic_and_world_model(smoke_cfg):
+    agent = _agent(smoke_cfg, 6)
+    losses = dreamer_losses(agent.loss, _sequences(2, 6, obs_dim=4, action_dim=2))
+    sum(v.sum() for k, v in losses.items() if k.startswith("loss_")).backward()
+    for name in ("actor", "value_mlp", "prior", "posterior", "encoder"):
+        grads = [p.grad for p in getattr(agent, name).parameters()]
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), name
+
+
+def test_no_side_stream_off_cuda_or_when_disabled():
+    assert branch_stream(torch.device("cpu")) is None
+    if torch.cuda.is_available():
+        assert branch_stream(torch.device("cuda"), enabled=False) is None
+        assert isinstance(branch_stream(torch.device("cuda")), torch.cuda.Stream)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graphed_update_with_the_side_stream_matches_one_stream(smoke_cfg):
+    from dreamer.training.graphed_update import GraphedUpdate
+
+    smoke_cfg.device = "cuda"
+    torch.backends.cuda.matmul.allow_tf32 = False
+    serial_agent, branched_agent = _agent(smoke_cfg, 9), _agent(smoke_cfg, 9)
+    branched_agent.loss.load_state_dict(serial_agent.loss.state_dict())
+    sample = _sequences(16, 64, obs_dim=4, action_dim=2).to("cuda")
+    serial = GraphedUpdate(serial_agent, sample, concurrent_branches=False)
+    branched = GraphedUpdate(branched_agent, sample, concurrent_branches=True)
+    assert branched.side_stream is not None and serial.side_stream is None
+    # The world model's branch is captured above the actor-critic branch (lower number first).
+    assert branched.capture_stream.priority < branched.side_stream.priority
+    # Each update graph is captured on a stream of its own, never on torch.cuda.graph's shared
+    # default: async training with that stream (shared with the acting policy's capture) hung
+    # the GPU in 2 of 2 runs on the H100, and ran with a stream of its own.
+    shared = torch.cuda.graph.default_capture_stream
+    for update in (serial, branched):
+        assert update.capture_stream is not None and update.capture_stream != shared
+    for update in range(3):
+        # In place (the graphs keep their tensors): both updates start from the same weights,
+        # so the losses and gradients of each update must agree whatever the optimizers did.
+        branched_agent.loss.load_state_dict(serial_agent.loss.state_dict())
+        batch = _sequences(16, 64, obs_dim=4, action_dim=2).to("cuda")
+        torch.manual_seed(update)
+        expected = serial(batch)
+        torch.manual_seed(update)
+        got = branched(batch)
+        for key in [k for k in expected.keys() if k.startswith("loss_")]:
+            torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-5, msg=key)
+        reference = dict(serial_agent.loss.named_parameters())
+        for name, param in branched_agent.loss.named_parameters():
+            if reference[name].grad is not None:
+                torch.testing.assert_close(
+                    param.grad, reference[name].grad, rtol=1e-4, atol=1e-5, msg=name
+                )
