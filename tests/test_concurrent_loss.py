@@ -50,6 +50,12 @@ def test_graphed_update_with_the_side_stream_matches_one_stream(smoke_cfg):
 
     smoke_cfg.device = "cuda"
     torch.backends.cuda.matmul.allow_tf32 = False
+    # A capture on torch.cuda.graph's default stream, as the acting policy's graphs make: it
+    # creates the process's shared capture stream, which no update graph may use.
+    counter = torch.zeros(1, device="cuda")
+    with torch.cuda.graph(torch.cuda.CUDAGraph()):
+        counter.add_(1)
+    shared = torch.cuda.graph.default_capture_stream
     serial_agent, branched_agent = _agent(smoke_cfg, 9), _agent(smoke_cfg, 9)
     branched_agent.loss.load_state_dict(serial_agent.loss.state_dict())
     sample = _sequences(16, 64, obs_dim=4, action_dim=2).to("cuda")
@@ -61,9 +67,8 @@ def test_graphed_update_with_the_side_stream_matches_one_stream(smoke_cfg):
     # Each update graph is captured on a stream of its own, never on torch.cuda.graph's shared
     # default: async training with that stream (shared with the acting policy's capture) hung
     # the GPU in 2 of 2 runs on the H100, and ran with a stream of its own.
-    shared = torch.cuda.graph.default_capture_stream
     for update in (serial, branched):
-        assert update.capture_stream is not None and update.capture_stream != shared
+        assert update.capture_stream.cuda_stream != shared.cuda_stream
     for update in range(3):
         # In place (the graphs keep their tensors): both updates start from the same weights,
         # so the losses and gradients of each update must agree whatever the optimizers did.
