@@ -28,7 +28,7 @@ import copy
 import queue
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 from tensordict import TensorDictBase
@@ -147,7 +147,7 @@ class BackgroundCollector:
 
     def _run(self) -> None:
         try:
-            with torch.cuda.stream(self.stream) if self.stream is not None else nullcontext():
+            with torch.cuda.stream(self.stream):  # a no-op for None (CPU acting)
                 self._collect()
         except BaseException as error:  # re-raised in the training thread
             self.error = error

@@ -21,8 +21,6 @@ and it is cheap. ``tests/test_concurrent_loss.py`` checks the result against
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives import DreamerV3Loss
@@ -47,14 +45,6 @@ def branch_stream(device: torch.device, enabled: bool = True) -> torch.cuda.Stre
     return torch.cuda.Stream(device)
 
 
-def world_model_stream(device: torch.device, enabled: bool = True) -> torch.cuda.Stream | None:
-    """A stream at :data:`WORLD_MODEL_PRIORITY` for the rest of the update (the graphed learner
-    captures on it); ``None`` off CUDA or when off."""
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.cuda.Stream(device, priority=WORLD_MODEL_PRIORITY)
-
-
 def _actor_input(loss: DreamerV3Loss, posterior: TensorDictBase, batch: int) -> TensorDict:
     """The detached posterior states, flattened to ``[B * T]``: where imagination starts."""
     keys = loss.actor_loss.tensor_keys
@@ -73,10 +63,9 @@ def _replay_value(
     loss: DreamerV3Loss, sample: TensorDictBase, posterior: TensorDictBase, bootstrap
 ) -> torch.Tensor:
     """The critic's loss on the replayed posterior features, bootstrapped from imagination."""
-    value_loss = loss.value_loss
+    value_loss, keys = loss.value_loss, loss.value_loss.tensor_keys
     features = posterior.get("next").select(*value_loss.value_model.in_keys)
-    features.set(value_loss.tensor_keys.bootstrap, bootstrap.reshape(sample.batch_size))
-    keys = value_loss.tensor_keys
+    features.set(keys.bootstrap, bootstrap.reshape(sample.batch_size))
     features.set("next", sample.get("next").select(keys.reward, keys.done, keys.terminated))
     replay = value_loss.replay_value_loss(
         features, horizon=loss.continuation_horizon, lmbda=loss.lmbda
@@ -98,7 +87,7 @@ def dreamer_losses(
     if side_stream is not None:
         side_stream.wait_stream(main_stream)
         keep_until_used(starts, side_stream)
-    with torch.cuda.stream(side_stream) if side_stream else contextlib.nullcontext():
+    with torch.cuda.stream(side_stream):  # a no-op for None
         actor_losses, imagined = loss.actor_loss(starts)
         value_losses, _ = loss.value_loss(imagined.detach())
         bootstrap = imagined.get("lambda_target")[..., 0, 0]

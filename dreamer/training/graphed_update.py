@@ -24,7 +24,7 @@ from dreamer.training.capturable_optimizer import (
     init_optimizer_state,
     optimizer_step,
 )
-from dreamer.training.concurrent_loss import branch_stream, world_model_stream
+from dreamer.training.concurrent_loss import WORLD_MODEL_PRIORITY, branch_stream
 from dreamer.training.update import update_step
 
 
@@ -76,9 +76,8 @@ class GraphedUpdate:
         self.capture_stream = None
         if self.cuda_graph:
             prioritise = concurrent_branches and prioritise_world_model
-            self.capture_stream = world_model_stream(self.device, prioritise) or torch.cuda.Stream(
-                self.device
-            )
+            priority = WORLD_MODEL_PRIORITY if prioritise else 0
+            self.capture_stream = torch.cuda.Stream(self.device, priority=priority)
         init_optimizer_state(agent.optimizer)
         self.steps = device_step_counters(agent.optimizer)
         self.static_output: TensorDictBase | None = None
