@@ -140,6 +140,8 @@ def time_run(variant: str, batch: int, steps: int, args) -> dict:
     obs_dim = env.observation_spec["policy"].shape[-1]
     action_dim = env.action_spec.shape[-1]
     pool = [random_sequences(batch, steps, obs_dim, action_dim, device) for _ in range(4)]
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     update, prepare = build_update(variant, cfg, env, pool[0])
     inputs = [prepare(s) for s in pool]
@@ -179,6 +181,8 @@ def time_run(variant: str, batch: int, steps: int, args) -> dict:
         "final_total_loss": total,
         "finite": bool(torch.isfinite(torch.tensor(total))),
     }
+    if device.type == "cuda":  # what the run held at most: model, batches, graph pools
+        row["peak_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     if args.profile and not eager and not args._profiled:
         args._profiled = True
         row["profile"] = profile_update(update, inputs, device, args.trace)
@@ -368,7 +372,9 @@ def main() -> None:
 
     meta["torchrl"], meta["tensordict"] = torchrl.__version__, tensordict.__version__
     print(f"\n{meta}")
-    print(f"{'variant':28s} {'B x T':>9s} {'ms/update':>10s} {'transitions/s':>14s}")
+    print(
+        f"{'variant':28s} {'B x T':>9s} {'ms/update':>10s} {'transitions/s':>14s} {'peak GiB':>9s}"
+    )
     for row in rows:
         if "error" in row:
             print(
@@ -377,7 +383,8 @@ def main() -> None:
         else:
             print(
                 f"{row['variant']:28s} {row['batch']:>4d}x{row['length']:<4d} "
-                f"{row['ms_per_update']:10.2f} {row['transitions_per_s']:14,.0f}"
+                f"{row['ms_per_update']:10.2f} {row['transitions_per_s']:14,.0f} "
+                f"{row.get('peak_memory_gib', float('nan')):9.1f}"
             )
     for row in rows:
         if "profile" in row:

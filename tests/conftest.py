@@ -18,6 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for a subprocess that imports this repo: ``extra`` set, the repo root first
+    on ``PYTHONPATH`` and the caller's path kept (packages may come from it, as on the GPU
+    machine, where replacing it made the subprocess miss torchrl)."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, **extra, "PYTHONPATH": path}
+
+
 def execute_notebook(name: str) -> list:
     """Run ``notebooks/<name>`` top to bottom (a cell error raises); return its code outputs."""
     import nbformat

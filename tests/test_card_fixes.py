@@ -216,7 +216,11 @@ def test_only_the_four_mlps_are_compiled_and_a_step_runs(smoke_cfg):
     assert compiled == set(COMPILED_MLPS) == {"encoder", "decoder", "reward_head", "value_mlp"}
     for module in agent.loss.modules():
         if isinstance(module, torch._dynamo.eval_frame.OptimizedModule):
-            assert module._orig_mod.__class__.__name__ in {"SymlogEncoder", "DreamerV3MLP"}
+            assert module._orig_mod.__class__.__name__ in {
+                "SymlogEncoder",
+                "DreamerV3MLP",
+                "SplitInputMLP",
+            }
     assert not isinstance(agent.loss, torch._dynamo.eval_frame.OptimizedModule)
     seq = TensorDict(
         {

@@ -118,3 +118,50 @@ def test_a_loop_whose_weights_get_no_gradient_leaves_nothing_behind():
     del layers
     gc.collect()
     assert alive() is None
+
+
+def test_block_input_gradient_reaches_the_rows_without_a_copy():
+    """The block-linear input is a block-major view of rows; its gradient is written in the rows'
+    layout, deferred or not (``rssm_step.block_linear``), so the view's backward copies nothing
+    (autograd's own bmm gradient made one copy per layer and step), and the gradients are
+    autograd's."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from dreamer.world_model.rssm_step import block_linear
+
+    class BackwardCopies(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.nodes: list[str] = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            node = torch._C._current_autograd_node()
+            copies = (torch.ops.aten.clone, torch.ops.aten.copy_)
+            if node is not None and func.overloadpacket in copies:
+                self.nodes.append(node.name())
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    rows = torch.randn(3, 8)
+    weight, bias = torch.randn(2, 4, 5), torch.randn(10)
+    copies, grads = {}, {}
+    for mode in ("autograd", "deferred", "block_linear"):
+        x = rows.clone().requires_grad_()
+        w, b = nn.Parameter(weight.clone()), nn.Parameter(bias.clone())
+        if mode == "autograd":
+            view = x.unflatten(-1, (2, -1)).transpose(0, 1)
+            out = torch.baddbmm(b.view(2, 1, -1), view, w)
+        elif mode == "deferred":
+            layers = DeferredLayers([(w, b)])
+            view = layers.anchor(x)[0].unflatten(-1, (2, -1)).transpose(0, 1)
+            out = layers.block_linear(view, w)
+        else:
+            out = block_linear(x, w, b)
+        with BackwardCopies() as recorder:
+            out.square().sum().backward()
+        copies[mode], grads[mode] = recorder.nodes, (x.grad, w.grad, b.grad)
+    assert "ViewBackward0" in copies["autograd"]  # the check can fail
+    assert copies["deferred"] == copies["block_linear"] == []
+    for mode in ("deferred", "block_linear"):
+        for got, expected in zip(grads[mode], grads["autograd"], strict=True):
+            torch.testing.assert_close(got, expected)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import subprocess_env
 
 from dreamer.doctor import checks, render
 from dreamer.doctor.__main__ import main
@@ -373,7 +374,7 @@ def test_doctor_runs_on_this_machine():
     done = subprocess.run(
         [sys.executable, "-m", "dreamer.doctor"],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=subprocess_env(),
         capture_output=True,
         text=True,
         timeout=300,

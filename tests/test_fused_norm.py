@@ -7,7 +7,6 @@ exactly as on a GPU; the filter's and imagination's tests are re-run that way.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import subprocess_env
 from torch import nn
 from torchrl.modules.models.model_based import DreamerV3MLP
 
@@ -25,7 +25,7 @@ pytest.importorskip("triton")
 
 
 def interpreted(*command: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(ROOT)}
+    env = subprocess_env(TRITON_INTERPRET="1")
     return subprocess.run(
         [sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import subprocess_env
 from torchrl.envs.utils import check_env_specs
 
 from dreamer.env.mujoco_env import MujocoBatchedEnv
@@ -163,7 +163,7 @@ for i in range(3):
     diffs.append(int(np.abs(renderer.render().astype(int) - tiles[i]).max()))
 print(json.dumps({{"diffs": diffs, "std": float(tiles.std())}}))
 """
-    env = {**os.environ, "MUJOCO_GL": pick_gl_backend("cpu"), "PYTHONPATH": str(ROOT)}
+    env = subprocess_env(MUJOCO_GL=pick_gl_backend("cpu"))
     out = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )

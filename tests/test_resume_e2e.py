@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import subprocess_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,7 +38,7 @@ UPDATES_PER_BATCH = 2
 
 def _start(*overrides: str) -> subprocess.Popen:
     # One intra-op thread: on a busy 2-core machine more threads make each update ~10x slower.
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = subprocess_env(OMP_NUM_THREADS="1")
     cmd = [sys.executable, str(ROOT / "train_dreamer.py"), *FAST, *overrides]
     return subprocess.Popen(
         cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

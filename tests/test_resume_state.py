@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import subprocess_env
 from tensordict import TensorDict
 
 from dreamer.replay.buffer import make_replay_buffer
@@ -175,7 +176,7 @@ def test_sigkill_mid_write_keeps_the_previous_checkpoint(tmp_path):
     child = subprocess.Popen(
         [sys.executable, "-c", STALLED_WRITER, str(target), str(flag)],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env=subprocess_env(),
     )
     try:
         deadline = time.monotonic() + 60

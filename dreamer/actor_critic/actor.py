@@ -10,11 +10,12 @@ from tensordict.nn import (
     TensorDictModule,
 )
 from torch import nn
-from torchrl.modules import DreamerV3MLP, TanhNormal
+from torchrl.modules import TanhNormal
 
 from dreamer.world_model.deferred_grads import DeferredLayers
 from dreamer.world_model.fast_layers import run_layers
 from dreamer.world_model.networks import ModelSize
+from dreamer.world_model.split_input import SplitInputMLP
 
 
 class BoundedNormalParams(nn.Module):
@@ -24,7 +25,7 @@ class BoundedNormalParams(nn.Module):
         self, size: ModelSize, action_dim: int, min_std: float = 0.1, max_std: float = 1.0
     ):
         super().__init__()
-        self.mlp = DreamerV3MLP(
+        self.mlp = SplitInputMLP(
             size.feature, 2 * action_dim, depth=size.depth, num_cells=size.units, outscale=0.01
         )
         self.min_std = min_std
@@ -41,8 +42,7 @@ class BoundedNormalParams(nn.Module):
     def forward(
         self, state: torch.Tensor, belief: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        # DreamerV3MLP's own forward is its layers on the concatenated input.
-        features = run_layers(self.loop_layers, torch.cat([state, belief], -1), self.deferred)
+        features = run_layers(self.loop_layers, (state, belief), self.deferred)
         loc, raw_scale = features.chunk(2, -1)
         scale = (self.max_std - self.min_std) * torch.sigmoid(raw_scale + 2.0) + self.min_std
         return loc, scale

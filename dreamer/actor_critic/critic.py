@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from tensordict.nn import TensorDictModule, TensorDictSequential
-from torchrl.modules import DreamerV3MLP, SymExpTwoHot
+from torchrl.modules import SymExpTwoHot
 
 from dreamer.imagination.model_env import FeatureHead
 from dreamer.world_model.networks import ModelSize
+from dreamer.world_model.split_input import SplitInputMLP
 
 
-def make_value_mlp(size: ModelSize) -> DreamerV3MLP:
+def make_value_mlp(size: ModelSize) -> SplitInputMLP:
     """Value MLP: logits over ``num_bins`` symexp bins, zero-initialised output layer."""
-    return DreamerV3MLP(
+    return SplitInputMLP(
         size.feature, size.num_bins, depth=size.depth, num_cells=size.units, outscale=0.0
     )
 

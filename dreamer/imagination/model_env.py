@@ -37,7 +37,14 @@ class PriorStep(nn.Module):
 
 
 class FeatureHead(nn.Module):
-    """Applies a head to ``[state, belief]``, optionally followed by a decoding module."""
+    """Applies a head to the model state ``[state, belief]``, optionally followed by a decoding
+    module.
+
+    A head that reads the two parts itself (``reads_parts``:
+    :class:`~dreamer.world_model.split_input.SplitInputMLP`, every head of our agent, compiled or
+    not) gets them as they are, so no concatenated copy is made; any other head gets the
+    concatenation.
+    """
 
     def __init__(self, head: nn.Module, decode: nn.Module | None = None):
         super().__init__()
@@ -45,7 +52,10 @@ class FeatureHead(nn.Module):
         self.decode = decode
 
     def forward(self, state, belief):
-        out = self.head(torch.cat([state, belief], -1))
+        if getattr(self.head, "reads_parts", False):
+            out = self.head(state, belief)
+        else:
+            out = self.head(torch.cat([state, belief], -1))
         return out if self.decode is None else self.decode(out)
 
 

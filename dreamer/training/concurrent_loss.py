@@ -39,9 +39,15 @@ WORLD_MODEL_PRIORITY = -1
 
 def branch_stream(device: torch.device, enabled: bool = True) -> torch.cuda.Stream | None:
     """A new stream for the actor-critic branch on ``device`` (default priority, below
-    :data:`WORLD_MODEL_PRIORITY`); ``None`` off CUDA or when off."""
+    :data:`WORLD_MODEL_PRIORITY`); ``None`` off CUDA or when off. Turns off autograd's
+    (process-wide) warning about gradients accumulated across streams."""
     if not enabled or device.type != "cuda":
         return None
+    # The critic runs on both streams (imagination on this one, the replay value loss on the
+    # main one), so its parameters' gradients arrive from a stream other than their
+    # accumulation node's. Autograd syncs the two, as it must; its warning about the mismatch
+    # (printed at every run's first update) flags nothing to fix here.
+    torch.autograd.graph.set_warn_on_accumulate_grad_stream_mismatch(False)
     return torch.cuda.Stream(device)
 
 

@@ -109,8 +109,21 @@ class _DeferredMatmul(torch.autograd.Function):
         layer = ctx.layer
         layer.grads[ctx.index] = grad
         weight = layer.compute_weight
-        grad_x = torch.bmm(grad, weight.transpose(1, 2)) if ctx.block else grad @ weight
+        grad_x = block_input_grad(grad, weight) if ctx.block else grad @ weight
         return grad_x, (grad if ctx.has_base else None), None, None
+
+
+def block_input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``grad @ W^T`` per block, ``[blocks, N, i]``, stored row-major as ``[N, blocks, i]``.
+
+    A block-linear input is a block-major *view* of row-major ``[N, blocks * i]`` values
+    (``rssm_step.block_linear``). Autograd's own ``bmm`` gradient is block-major, so the view's
+    backward had to copy it back to rows: one copy per block-linear layer and step, in the
+    filter's backward chain (128 at 64 steps). cuBLAS writes the strided layout directly.
+    """
+    blocks, rows, width = grad.shape[0], grad.shape[1], weight.shape[1]
+    out = grad.new_empty(rows, blocks, width).transpose(0, 1)
+    return torch.bmm(grad, weight.transpose(1, 2), out=out)
 
 
 class DeferredLayers:

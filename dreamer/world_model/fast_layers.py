@@ -14,15 +14,35 @@ from torch import nn
 from dreamer.world_model.deferred_grads import DeferredLayers
 from dreamer.world_model.fused_norm import fused_norm_available, rms_norm_silu
 from dreamer.world_model.rssm_parts import torchrl_rms_norm_eps
+from dreamer.world_model.split_input import linear_on_parts
 
 
-def run_layers(layers: nn.Sequential, value: torch.Tensor, deferred: DeferredLayers | None):
+def run_layers(
+    layers: nn.Sequential,
+    value: torch.Tensor | tuple[torch.Tensor, ...],
+    deferred: DeferredLayers | None,
+) -> torch.Tensor:
     """``layers(value)``, with the ``Linear`` layers' weight gradients left to ``deferred``, and
-    each RMS norm followed by SiLU run as one fused kernel where it can (CUDA, triton)."""
+    each RMS norm followed by SiLU run as one fused kernel where it can (CUDA, triton).
+
+    ``value`` may be a tuple of inputs that the first layer, a ``Linear``, reads as their
+    concatenation; it then runs on each input's own weight columns instead
+    (:func:`~dreamer.world_model.split_input.linear_on_parts`), unless its gradient is deferred:
+    a deferred layer keeps its input at every step anyway, so it gets the concatenation.
+    """
+    modules = list(layers)
+    if isinstance(value, tuple):
+        first = modules[0]
+        if deferred is not None and deferred.handles(first.weight):
+            value = torch.cat(value, -1)
+        else:
+            value = linear_on_parts(first, value)
+            modules = modules[1:]
     fused = fused_norm_available(value)
     if deferred is None and not fused:
-        return layers(value)
-    modules = list(layers)
+        for layer in modules:
+            value = layer(value)
+        return value
     index = 0
     while index < len(modules):
         layer = modules[index]

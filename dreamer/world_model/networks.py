@@ -1,7 +1,8 @@
 """Builders for the world model's networks: MLP/CNN encoders and decoders, heads, RSSM cells.
 
 All MLPs are TorchRL's ``DreamerV3MLP`` (Linear -> RMSNorm -> SiLU blocks, DreamerV3 init); the
-image networks are TorchRL's ``DreamerV3ImageEncoder``/``DreamerV3ImageDecoder`` behind a
+heads that read the model state are its subclass ``SplitInputMLP``, which takes ``(state, belief)``
+without concatenating them (:mod:`dreamer.world_model.split_input`). The image networks are TorchRL's ``DreamerV3ImageEncoder``/``DreamerV3ImageDecoder`` behind a
 channel-last adapter. The RSSM cells are TorchRL's ``RSSMPriorV3`` (block GRU) and
 ``RSSMPosteriorV3``.
 """
@@ -20,6 +21,8 @@ from torchrl.modules import (
     RSSMPriorV3,
     SymExpTwoHot,
 )
+
+from dreamer.world_model.split_input import SplitInputMLP
 
 
 @dataclass(frozen=True)
@@ -174,16 +177,16 @@ def make_image_decoder(image_shape: tuple[int, int, int], size: ModelSize) -> Im
     return ImageDecoder(image_shape, size)
 
 
-def make_reward_head(size: ModelSize) -> DreamerV3MLP:
+def make_reward_head(size: ModelSize) -> SplitInputMLP:
     """Reward head: logits over ``num_bins`` symexp two-hot bins, zero-initialised output."""
-    return DreamerV3MLP(
+    return SplitInputMLP(
         size.feature, size.num_bins, depth=size.depth, num_cells=size.units, outscale=0.0
     )
 
 
-def make_continue_head(size: ModelSize) -> DreamerV3MLP:
+def make_continue_head(size: ModelSize) -> SplitInputMLP:
     """Continue head: one Bernoulli logit for 'the episode goes on'."""
-    return DreamerV3MLP(size.feature, 1, depth=size.depth, num_cells=size.units)
+    return SplitInputMLP(size.feature, 1, depth=size.depth, num_cells=size.units)
 
 
 def make_two_hot(size: ModelSize) -> SymExpTwoHot:

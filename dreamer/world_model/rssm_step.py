@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dreamer.world_model import fused_ops
-from dreamer.world_model.deferred_grads import DeferredLayers
+from dreamer.world_model.deferred_grads import DeferredLayers, block_input_grad, compute_dtype
 from dreamer.world_model.fast_layers import linear_layers, norm_scales, run_layers
 from dreamer.world_model.rssm_parts import PosteriorParts, PriorParts
 from dreamer.world_model.sampling import race_noise, straight_through_sample
@@ -55,11 +55,35 @@ def block_linear(
     value = value.unflatten(-1, (blocks, -1)).transpose(0, 1)
     if deferred is not None and deferred.handles(weight):
         return deferred.block_linear(value, weight)
-    # Parameters in the activation dtype, as TorchRL does: a bf16 recurrence stays bf16.
-    weight = weight.to(value.dtype)
-    if bias is None:
-        return torch.bmm(value, weight)
-    return torch.baddbmm(bias.to(value.dtype).view(blocks, 1, block_out), value, weight)
+    # Parameters in the activation dtype, as TorchRL does (a bf16 recurrence stays bf16), and
+    # autocast's cast made here, so the matmul and its backward see one dtype.
+    dtype = compute_dtype(value) or value.dtype
+    value, weight = value.to(dtype), weight.to(dtype)
+    if bias is not None:
+        bias = bias.to(dtype).view(blocks, 1, block_out)
+    return _BlockLinear.apply(value, weight, bias)
+
+
+class _BlockLinear(torch.autograd.Function):
+    """``baddbmm(bias, x, W)`` on a block-major view ``x`` of rows, whose input gradient is
+    written in the rows' layout (:func:`~dreamer.world_model.deferred_grads.block_input_grad`):
+    autograd's own is block-major, and the view's backward then copies it (2,048-wide beliefs
+    of every imagined row at every step)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return torch.bmm(x, weight) if bias is None else torch.baddbmm(bias, x, weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        wants_x, wants_weight, wants_bias = ctx.needs_input_grad
+        grad_x = block_input_grad(grad, weight) if wants_x else None
+        grad_weight = torch.bmm(x.transpose(1, 2), grad) if wants_weight else None
+        grad_bias = grad.sum(1, keepdim=True) if ctx.has_bias and wants_bias else None
+        return grad_x, grad_weight, grad_bias
 
 
 def linear(
