@@ -47,4 +47,13 @@ if __name__ == "__main__":
     )
     # Several rows per backward program, the last program's run cut short (257 = 86 * 3 - 1).
     check(37, torch.float32, True, rows=257)
+    # A gradient that is a column slice of a wider one (the output concatenated with another) is
+    # read with its row stride.
+    x = torch.randn(6, 37, requires_grad=True)
+    weight = torch.rand(37) + 0.5
+    wide = torch.randn(6, 50)
+    got = torch.cat([rms_norm_silu(x, weight, 1e-4), torch.zeros(6, 13)], -1)
+    (grad_x,) = torch.autograd.grad(got, x, wide)
+    (expected_x,) = torch.autograd.grad(reference(x, weight, 1e-4), x, wide[:, :37])
+    torch.testing.assert_close(grad_x, expected_x, rtol=1e-5, atol=1e-5)
     print("fused norm kernel OK")

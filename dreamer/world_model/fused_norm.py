@@ -55,7 +55,8 @@ if triton is not None:
         gw_ptr,
         rows,
         width,
-        ROWS_PER_PROGRAM,
+        gy_stride,
+        ROWS_PER_PROGRAM: tl.constexpr,
         BLOCK: tl.constexpr,
         WEIGHT_GRAD: tl.constexpr,
     ):
@@ -70,7 +71,7 @@ if triton is not None:
             row = first + offset
             row_mask = mask & ((cols * 0 + row) < rows)
             x = tl.load(x_ptr + row * width + cols, mask=row_mask, other=0.0).to(tl.float32)
-            gy = tl.load(gy_ptr + row * width + cols, mask=row_mask, other=0.0).to(tl.float32)
+            gy = tl.load(gy_ptr + row * gy_stride + cols, mask=row_mask, other=0.0).to(tl.float32)
             # (rows past the end read nothing: their zero gradient adds nothing)
             rstd = tl.load(rstd_ptr + tl.minimum(row, rows - 1))
             normed = x * rstd
@@ -118,7 +119,11 @@ class _NormSiLU(torch.autograd.Function):
     def backward(ctx, grad):
         rows, weight, rstd = ctx.saved_tensors
         width = rows.shape[-1]
-        grad = grad.reshape(-1, width).contiguous()
+        # The gradient often arrives as a column slice of a wider one (the norm's output is
+        # concatenated with others): its rows are read with their stride instead of copied.
+        grad = grad.reshape(-1, width)
+        if grad.stride(-1) != 1:
+            grad = grad.contiguous()
         grad_x = torch.empty_like(rows)
         shared = ctx.weight_grad is not None
         wanted = shared or ctx.needs_input_grad[1]
@@ -127,6 +132,8 @@ class _NormSiLU(torch.autograd.Function):
             grad_w = torch.zeros(width, device=rows.device) if wanted else grad_x
         block, warps = _launch_config(width)
         count = rows.shape[0]
+        # A compile-time constant: Triton 3.6's interpreter (torch 2.11) takes no runtime loop
+        # bound, and a run sees a few values (one per row count), each compiled once.
         per_program = triton.cdiv(count, min(count, BACKWARD_PROGRAMS))
         _norm_silu_backward[(triton.cdiv(count, per_program),)](
             rows,
@@ -137,7 +144,8 @@ class _NormSiLU(torch.autograd.Function):
             grad_w,
             count,
             width,
-            per_program,
+            grad.stride(0),
+            ROWS_PER_PROGRAM=per_program,
             BLOCK=block,
             WEIGHT_GRAD=wanted,
             num_warps=warps,
