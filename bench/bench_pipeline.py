@@ -104,6 +104,13 @@ def main() -> None:
             f"{row['mode']:7s} {row['env_steps_per_s']:12,.0f} {row['updates_per_s']:10.2f} "
             f"{row['learner_busy']:13.0%} {row['wall_s']:7.1f}"
         )
+    # Where the training thread's wall time went (the rest: bookkeeping and logging).
+    for row in rows:
+        phases = {k[len("host_") :]: v for k, v in row.items() if k.startswith("host_")}
+        print(
+            f"{row['mode']:7s} training thread: "
+            + ", ".join(f"{name} {share:.0%}" for name, share in phases.items())
+        )
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
 

@@ -171,3 +171,34 @@ def test_learner_clock_reports_busy_share_and_rates():
     assert 0.3 < summary["learner_busy"] < 0.7
     assert summary["updates_per_s"] == pytest.approx(3 / summary["wall_s"])
     assert summary["env_steps_per_s"] == pytest.approx(600 / summary["wall_s"])
+
+
+def test_learner_clock_shares_the_training_threads_time_from_the_first_update():
+    import time
+
+    from dreamer.training.learner_clock import LearnerClock
+
+    def slow_batches(count: int):
+        for index in range(count):
+            time.sleep(0.02)
+            yield index
+
+    clock = LearnerClock("cpu")
+    with clock.host_phase("waiting_for_batch"):  # the random prefill: not counted
+        time.sleep(0.05)
+    clock.start()
+    clock.stop()
+    got = []
+    for batch in clock.timed(slow_batches(3), "waiting_for_batch"):
+        with clock.host_phase("replay_extend"):
+            time.sleep(0.01)
+        got.append(batch)
+    assert got == [0, 1, 2]
+    assert 0.055 < clock.host_s["waiting_for_batch"] < 0.1
+    assert 0.025 < clock.host_s["replay_extend"] < 0.06
+    summary = clock.summary(frames_since_first_update=0)
+    wall = summary["wall_s"]
+    assert summary["host_waiting_for_batch"] == pytest.approx(
+        clock.host_s["waiting_for_batch"] / wall, rel=0.05
+    )
+    assert summary["host_waiting_for_batch"] + summary["host_replay_extend"] <= 1.0

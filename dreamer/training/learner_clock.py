@@ -1,8 +1,12 @@
-"""How busy the learner keeps its device: the number behind ``perf/learner_busy``."""
+"""How busy the learner keeps its device (the number behind ``perf/learner_busy``), and where
+the training thread's own time goes."""
 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -23,6 +27,8 @@ class LearnerClock:
         self.since = time.perf_counter()
         self.first_update: float | None = None
         self.updates = 0
+        # Host seconds per phase of the training thread, from the first update on.
+        self.host_s: dict[str, float] = defaultdict(float)
 
     def _now(self):
         if not self.cuda:
@@ -62,8 +68,32 @@ class LearnerClock:
         self.busy_s, self.since = 0.0, now
         return fraction
 
+    @contextmanager
+    def host_phase(self, name: str) -> Iterator[None]:
+        """Counts the training thread's wall time inside the block as ``name`` (once updates
+        have begun). The shares tell a learner starved of data (``waiting_for_batch``) from one
+        held up by the device (``pacing``) or by its own host work."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.first_update is not None:
+                self.host_s[name] += time.perf_counter() - began
+
+    def timed(self, items: Iterable, name: str) -> Iterator:
+        """``items``, with the time spent waiting for each one counted as ``name``."""
+        iterator = iter(items)
+        while True:
+            with self.host_phase(name):
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    return
+            yield item
+
     def summary(self, frames_since_first_update: int) -> dict[str, float]:
-        """Steady-state rates from the first update to now (the random prefill left out)."""
+        """Steady-state rates from the first update to now (the random prefill left out), and
+        the share of that wall time in each host phase (``host_<phase>``)."""
         self._flush()
         if self.first_update is None:
             return {}
@@ -73,4 +103,5 @@ class LearnerClock:
             "env_steps_per_s": frames_since_first_update / wall,
             "updates_per_s": self.updates / wall,
             "learner_busy": self.total_busy_s / wall,
+            **{f"host_{name}": seconds / wall for name, seconds in sorted(self.host_s.items())},
         }

@@ -208,13 +208,15 @@ def train(cfg: DictConfig) -> dict:
     deadline = started + float(cfg.time_limit_s) if cfg.get("time_limit_s") is not None else inf
     try:
         with stop:
-            for batch in collector:
+            for batch in clock.timed(collector, "waiting_for_batch"):
                 n_new = batch.numel()
                 frames += n_new
                 collected_this_run += n_new
-                batches.before_extend()
-                replay.extend(select_for_storage(batch, agent.obs_keys, float(cfg.reward_scale)))
-                batches.after_extend()
+                with clock.host_phase("replay_extend"):
+                    batches.before_extend()
+                    stored = select_for_storage(batch, agent.obs_keys, float(cfg.reward_scale))
+                    replay.extend(stored)
+                    batches.after_extend()
                 episode = finished_episode_stats(batch)
                 if episode:
                     logger.log(episode, frames)
@@ -222,16 +224,20 @@ def train(cfg: DictConfig) -> dict:
                     owed += n_new * updates_per_frame
                     while owed >= 1.0 and not stop.requested and time.perf_counter() < deadline:
                         owed -= 1.0
-                        sequences = batches.take()
+                        with clock.host_phase("sampling"):
+                            sequences = batches.take()
                         if learner is None:
                             with getattr(collector, "paused", nullcontext)():
                                 learner = make_learner(cfg, agent, sequences, grad_hook)
                             frames_at_first_update = frames
                         clock.start()
-                        metrics = learner(sequences)
+                        with clock.host_phase("update_launch"):
+                            metrics = learner(sequences)
                         clock.stop()
-                        batches.prefetch()  # the next batch is sampled while this update runs
-                        pacer.launched()
+                        with clock.host_phase("sampling"):
+                            batches.prefetch()  # the next batch is sampled while this update runs
+                        with clock.host_phase("pacing"):
+                            pacer.launched()
                         updates += 1
                         if sync_every and updates % sync_every == 0:
                             collector.update_policy_weights_()
