@@ -89,3 +89,44 @@ def test_a_sample_costs_a_few_syncs_not_one_per_slice(batch):
     per_sample = count_syncs(lambda: to_sequences(padded.sample(), LENGTH))
     assert per_sample <= 2, per_sample  # the sampler's `.any()` and our nonzero
     assert count_syncs(lambda: to_sequences(ragged.sample(), LENGTH)) > batch
+
+
+def test_one_draw_usually_fills_a_training_batch(monkeypatch):
+    """Short slices lose rows to padding and truncation; drawing SAMPLE_MARGIN times the slices
+    makes a second draw rare (each draw is milliseconds of the training thread's host time)."""
+    from dreamer.replay import buffer as replay_module
+
+    generator = torch.Generator().manual_seed(0)
+    replay = make_replay_buffer(ENVS * STEPS * 4, BATCH, LENGTH, "cpu")
+    for _ in range(4):  # about a third of the slices meet an episode end, as at Isaac scale
+        done = torch.rand(ENVS, STEPS, 1, generator=generator) < 0.04
+        replay.extend(
+            TensorDict(
+                {
+                    "obs": torch.randn(ENVS, STEPS, 2),
+                    "is_init": torch.roll(done, 1, 1),
+                    ("next", "done"): done,
+                    ("next", "terminated"): done,
+                    ("next", "truncated"): torch.zeros_like(done),
+                },
+                [ENVS, STEPS],
+            )
+        )
+    draws = {}
+    for margin in (1.0, replay_module.SAMPLE_MARGIN):
+        monkeypatch.setattr(replay_module, "SAMPLE_MARGIN", margin)
+        calls = []
+
+        def counted(*args, _calls=calls, _sample=replay.sample, **kwargs):
+            _calls.append(1)
+            return _sample(*args, **kwargs)
+
+        monkeypatch.setattr(replay, "sample", counted)
+        torch.manual_seed(0)
+        for _ in range(20):
+            batch = replay_module.sample_sequences(replay, BATCH, LENGTH, "cpu")
+            assert batch.shape == (BATCH, LENGTH)
+        monkeypatch.undo()
+        draws[margin] = len(calls)
+    assert draws[1.0] >= 35  # without the margin nearly every batch needs two draws
+    assert draws[replay_module.SAMPLE_MARGIN] <= 24

@@ -1,0 +1,93 @@
+"""Host time of one replay sample (``sample_sequences``), and where it goes.
+
+The training thread samples the next batch while an update runs (``dreamer.replay.prefetch``);
+whatever that costs on the host is time the thread holds the GIL and does not launch updates.
+This fills a replay like the pipeline's (``N`` envs x 256 steps, episodes ending at rate 1/200),
+times ``--samples`` calls of ``sample_sequences`` and prints the top entries of a ``cProfile`` of
+them. Usage::
+
+    python bench/bench_sampling.py --device cuda --num-envs 4096 --samples 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tensordict import TensorDict
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from dreamer.replay.buffer import make_replay_buffer, sample_sequences  # noqa: E402
+
+
+def collected_batch(envs: int, steps: int, device: torch.device) -> TensorDict:
+    """A collector batch ``[envs, steps]`` with Ant's sizes and episode ends at rate 1/200."""
+    done = torch.rand(envs, steps, 1, device=device) < 1 / 200
+    is_init = torch.roll(done, 1, dims=1)
+    is_init[:, 0] = True
+    return TensorDict(
+        {
+            "policy": torch.randn(envs, steps, 60, device=device),
+            "action": torch.rand(envs, steps, 8, device=device) * 2 - 1,
+            "is_init": is_init,
+            "next": {
+                "policy": torch.randn(envs, steps, 60, device=device),
+                "reward": torch.randn(envs, steps, 1, device=device),
+                "done": done,
+                "terminated": done.clone(),
+                "truncated": torch.zeros_like(done),
+                "final_obs_valid": torch.ones_like(done),
+            },
+        },
+        [envs, steps],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--num-envs", type=int, default=4096)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--batch-length", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=50)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    replay = make_replay_buffer(args.num_envs * 256, args.batch_size, args.batch_length, device)
+    for _ in range(4):  # 4 collections of 64 steps fill the buffer, as in bench_pipeline
+        replay.extend(collected_batch(args.num_envs, 64, device))
+
+    def sample():
+        return sample_sequences(replay, args.batch_size, args.batch_length, device)
+
+    sample()  # the first sample builds the sampler's cached episode boundaries
+    times = []
+    for _ in range(args.samples):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        began = time.perf_counter()
+        sample()
+        times.append((time.perf_counter() - began) * 1e3)
+    print(
+        f"{args.num_envs} envs x 256 steps on {args.device}: host ms per sample median "
+        f"{statistics.median(times):.2f} (min {min(times):.2f}, max {max(times):.2f})"
+    )
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(args.samples):
+        sample()
+    profiler.disable()
+    stats = pstats.Stats(profiler).sort_stats("tottime")
+    stats.print_stats(args.top)
+
+
+if __name__ == "__main__":
+    main()
