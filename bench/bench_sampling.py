@@ -20,35 +20,18 @@ import time
 from pathlib import Path
 
 import torch
-from tensordict import TensorDict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
-from dreamer.replay.buffer import make_replay_buffer, sample_sequences  # noqa: E402
+from bench_learner import random_sequences  # noqa: E402
 
-
-def collected_batch(envs: int, steps: int, device: torch.device) -> TensorDict:
-    """A collector batch ``[envs, steps]`` with Ant's sizes and episode ends at rate 1/200."""
-    done = torch.rand(envs, steps, 1, device=device) < 1 / 200
-    is_init = torch.roll(done, 1, dims=1)
-    is_init[:, 0] = True
-    return TensorDict(
-        {
-            "policy": torch.randn(envs, steps, 60, device=device),
-            "action": torch.rand(envs, steps, 8, device=device) * 2 - 1,
-            "is_init": is_init,
-            "next": {
-                "policy": torch.randn(envs, steps, 60, device=device),
-                "reward": torch.randn(envs, steps, 1, device=device),
-                "done": done,
-                "terminated": done.clone(),
-                "truncated": torch.zeros_like(done),
-                "final_obs_valid": torch.ones_like(done),
-            },
-        },
-        [envs, steps],
-    )
+from dreamer.replay.buffer import (  # noqa: E402
+    make_replay_buffer,
+    sample_sequences,
+    select_for_storage,
+)
 
 
 def main() -> None:
@@ -63,7 +46,8 @@ def main() -> None:
     device = torch.device(args.device)
     replay = make_replay_buffer(args.num_envs * 256, args.batch_size, args.batch_length, device)
     for _ in range(4):  # 4 collections of 64 steps fill the buffer, as in bench_pipeline
-        replay.extend(collected_batch(args.num_envs, 64, device))
+        collected = random_sequences(args.num_envs, 64, 60, 8, device)  # Ant's sizes
+        replay.extend(select_for_storage(collected))
 
     def sample():
         return sample_sequences(replay, args.batch_size, args.batch_length, device)
