@@ -33,6 +33,34 @@ def check(width: int, dtype: torch.dtype, shared: bool, rows: int = 15) -> None:
     torch.testing.assert_close(got_w.float(), expected_w.float(), rtol=0, atol=tol["atol"] * scale)
 
 
+def check_addend(dtype: torch.dtype, blocks: int, rows: int = 9, width: int = 36) -> None:
+    """``rms_norm_silu(x, w, eps, addend=a)`` against torch's norm of ``x + a``: values and the
+    gradients of ``x``, ``a`` and the scale. ``blocks == 1``: ``a`` is ``[rows, width]``, every
+    other row of a wider tensor; else the transpose of a block-major ``[blocks, rows, width /
+    blocks]``."""
+    torch.manual_seed(blocks)
+    x = (torch.randn(rows, width) * 2).to(dtype).requires_grad_()
+    if blocks == 1:
+        source = (torch.randn(rows, 2, width) * 2).to(dtype).requires_grad_()
+        addend = source[:, 1]
+    else:
+        source = (torch.randn(blocks, rows, width // blocks) * 2).to(dtype).requires_grad_()
+        addend = source.transpose(0, 1)
+    weight = (torch.rand(width) + 0.5).requires_grad_()
+    grad_out = torch.randn(rows, width).to(dtype)
+    summed = (x.reshape(addend.shape) + addend).reshape(rows, width)
+    expected = reference(summed, weight, 1e-4)
+    expected_grads = torch.autograd.grad(expected, (x, source, weight), grad_out)
+    got = rms_norm_silu(x, weight, 1e-4, addend=addend)
+    got_grads = torch.autograd.grad(got, (x, source, weight), grad_out)
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    torch.testing.assert_close(got.float(), expected.float(), **tol)
+    for name, g, e in zip(("x", "addend", "scale"), got_grads, expected_grads, strict=True):
+        scale = 1.0 if name != "scale" else float(e.abs().max())
+        atol = tol["atol"] * scale
+        torch.testing.assert_close(g.float(), e.float(), rtol=tol["rtol"], atol=atol, msg=name)
+
+
 if __name__ == "__main__":
     for width in (512, 37):
         for dtype in (torch.float32, torch.bfloat16):
@@ -56,4 +84,9 @@ if __name__ == "__main__":
     (grad_x,) = torch.autograd.grad(got, x, wide)
     (expected_x,) = torch.autograd.grad(reference(x, weight, 1e-4), x, wide[:, :37])
     torch.testing.assert_close(grad_x, expected_x, rtol=1e-5, atol=1e-5)
+    # An addend added by the kernel: a row slice of a wider tensor (the filter's embedding
+    # term), and a block-major layer output read through its transpose (the GRU's hidden sum).
+    for dtype in (torch.float32, torch.bfloat16):
+        check_addend(dtype, blocks=1)
+        check_addend(dtype, blocks=4)
     print("fused norm kernel OK")

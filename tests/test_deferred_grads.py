@@ -20,8 +20,12 @@ def toy_loop(
     x0: torch.Tensor,
     inputs: torch.Tensor,
     deferred: DeferredLayers | None,
+    bias_outside: bool = False,
 ):
-    """A recurrence using a linear, a block-linear and an additive-base linear at every step."""
+    """A recurrence using a linear, a block-linear and a linear plus an input at every step.
+
+    ``bias_outside``: the deferred block-linear layer leaves its bias to the caller (as the
+    fused GRU kernel adds it), which adds it detached; the layer must still make its gradient."""
     h = x0
     if deferred is not None:
         (h,) = deferred.anchor(h)
@@ -35,8 +39,11 @@ def toy_loop(
             out = inputs[t] + h @ head.weight.t()
         else:
             a = deferred.linear(h, cell.weight)
-            blocks = deferred.block_linear(h.unflatten(-1, (2, -1)).transpose(0, 1), block)
-            out = deferred.linear(h, head.weight, base=inputs[t])
+            grouped = h.unflatten(-1, (2, -1)).transpose(0, 1)
+            blocks = deferred.block_linear(grouped, block, add_bias=not bias_outside)
+            if bias_outside:
+                blocks = blocks + block_bias.detach().view(2, 1, -1)
+            out = inputs[t] + deferred.linear(h, head.weight)
         h = torch.tanh(a + blocks.transpose(0, 1).flatten(-2))
         outputs.append(out)
     # The last step's output reaches the loss, the last state does not: a layer output unused
@@ -55,20 +62,21 @@ def parameters(seed: int = 0):
     return cell, block, block_bias, head, x0, inputs
 
 
-def gradients(deferred: bool) -> list[torch.Tensor]:
+def gradients(deferred: bool, bias_outside: bool = False) -> list[torch.Tensor]:
     cell, block, block_bias, head, x0, inputs = parameters()
     layers = None
     if deferred:
         layers = DeferredLayers(
             [(cell.weight, cell.bias), (block, block_bias), (head.weight, None)]
         )
-    toy_loop(cell, block, block_bias, head, x0, inputs, layers).backward()
+    toy_loop(cell, block, block_bias, head, x0, inputs, layers, bias_outside).backward()
     tensors = [cell.weight, cell.bias, block, block_bias, head.weight, x0, inputs]
     return [t.grad.clone() for t in tensors]
 
 
-def test_deferred_gradients_equal_autograd():
-    plain, deferred = gradients(False), gradients(True)
+@pytest.mark.parametrize("bias_outside", [False, True])
+def test_deferred_gradients_equal_autograd(bias_outside: bool):
+    plain, deferred = gradients(False), gradients(True, bias_outside)
     for expected, got in zip(plain, deferred, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
         assert expected.abs().sum() > 0

@@ -48,13 +48,22 @@ def _leaf(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def check_gru(
-    rows: int, blocks: int, group: int, dtype: torch.dtype, layout: str, belief_dtype=None
+    rows: int,
+    blocks: int,
+    group: int,
+    dtype: torch.dtype,
+    layout: str,
+    belief_dtype=None,
+    bias: bool = False,
+    carry: bool = False,
 ) -> None:
     """``layout``: ``dense`` inputs, or gates as a transposed view and the belief as every other
     column of a wider tensor (``strided``) or as one row expanded (``expanded``, the filter's
     ``h0``). ``belief_dtype`` (default ``dtype``): bf16 autocast gives bf16 gates and a float32
-    belief."""
-    from dreamer.world_model.fused_ops import gru_gate_update
+    belief. ``bias``: the gate bias added by the kernel (float32, as the parameter is).
+    ``carry``: :func:`gru_gate_update_carried` with some rows kept and some restarted, the start
+    values a strided view (the filter's), checked with their gradient."""
+    from dreamer.world_model.fused_ops import gru_gate_update, gru_gate_update_carried
 
     torch.manual_seed(0)
     dense = layout == "dense"
@@ -63,33 +72,85 @@ def check_gru(
     belief = torch.randn(1 if layout == "expanded" else rows, width[layout])
     gates, belief = _leaf(gates, dtype), _leaf(belief, belief_dtype or dtype)
     out_dtype = torch.promote_types(gates.dtype, belief.dtype)
+    leaves = [gates, belief]
+    if bias:
+        leaves.append(_leaf(torch.randn(blocks * 3 * group), torch.float32))
+    keep = (torch.arange(rows) % 3 != 0).to(out_dtype).unsqueeze(-1)
+    if carry:  # every other row of a [rows, 2, width] tensor, as unbind(1) leaves it
+        leaves.append(_leaf(torch.randn(rows, 2, blocks * group), out_dtype))
 
     def views(g, b):
         b = b[:, ::2] if layout == "strided" else b.expand(rows, -1)
         return (g if dense else g.transpose(0, 1)), b
 
-    def fused(g, b):
-        return gru_gate_update(*views(g, b), UPDATE_BIAS)
+    def fused(g, b, *extra):
+        gate_bias = extra[0] if bias else None
+        if carry:
+            start = extra[-1][:, 1]
+            out, carried = gru_gate_update_carried(
+                *views(g, b), UPDATE_BIAS, gate_bias, keep, start
+            )
+            return torch.stack([out, carried])
+        return gru_gate_update(*views(g, b), UPDATE_BIAS, gate_bias)
 
-    def reference(g, b):
-        return _reference_gru(*views(g.float(), b.float())).to(out_dtype)
+    def reference(g, b, *extra):
+        g, b = views(g.float(), b.float())
+        if bias:
+            g = g + extra[0].view(blocks, 1, -1)
+        out = _reference_gru(g, b)
+        if carry:  # in float32 too: the kernel rounds the carried value once
+            out = torch.stack([out, torch.addcmul(extra[-1][:, 1].float(), out, keep.float())])
+        return out.to(out_dtype)
 
-    leaves = (gates, belief)
     got = _value_and_grads(fused, *leaves)
     expected = _value_and_grads(reference, *leaves)
-    assert [x.dtype for x in got] == [out_dtype, gates.dtype, belief.dtype]
-    for name, g, e in zip(("value", "d gates", "d belief"), got, expected, strict=True):
+    dtypes = [out_dtype, *(leaf.dtype for leaf in leaves)]
+    assert [x.dtype for x in got] == dtypes
+    if bias and dtype == torch.bfloat16:
+        # The bias gradient is the row sum of the bf16 gate gradients (as autocast's baddbmm
+        # makes it): checked against that sum, not against a float32 chain, which differs by
+        # the roundings of every summand.
+        row_sum = views(got[1], belief)[0].float().sum(1).flatten()
+        torch.testing.assert_close(got[3], row_sum, rtol=1e-5, atol=1e-5)
+        got, expected = got[:3] + got[4:], expected[:3] + expected[4:]
+    names = ["value", "d gates", "d belief", *(["d bias"] * bias), *(["d start"] * carry)]
+    if bias and dtype == torch.bfloat16:
+        names.remove("d bias")
+    for name, g, e in zip(names, got, expected, strict=True):
         torch.testing.assert_close(g.float(), e.float(), **TOLERANCE[g.dtype], msg=name)
 
 
-def check_sample(shape: tuple[int, ...], dtype: torch.dtype, unimix: float) -> None:
-    from dreamer.world_model.fused_ops import fused_straight_through_sample
+def check_sample(
+    shape: tuple[int, ...], dtype: torch.dtype, unimix: float, carry: bool = False
+) -> None:
+    """``carry``: :func:`fused_sample_carried` on ``[M, C, K]`` logits, checked as the torch
+    ``addcmul`` of the sample (some rows kept, some restarted) with its start values' gradient."""
+    from dreamer.world_model.fused_sample import fused_sample_carried, fused_straight_through_sample
     from dreamer.world_model.sampling import straight_through_sample
 
     torch.manual_seed(1)
     logits = _leaf(torch.randn(shape) * 3, dtype)
     # The filter's noise: one step of a [B, T, C, K] draw, a non-contiguous view.
     noise = torch.empty(shape[0], 3, *shape[1:]).exponential_()[:, 1]
+    if carry:
+        keep = (torch.arange(shape[0]) % 3 != 0).to(dtype).unsqueeze(-1)
+        start = _leaf(torch.randn(shape[0], 2, shape[1] * shape[2]), dtype)
+
+        # Stacked along dim 1, so each output's gradient arrives as a strided slice (the
+        # filter's samples reach the loss through a stack over steps).
+        def fused(x, s):
+            return torch.stack(fused_sample_carried(x, unimix, noise, keep, s[:, 1]), 1)
+
+        def reference(x, s):  # in float32, as the kernel computes before its one rounding
+            sample = straight_through_sample(x.float(), unimix, noise).flatten(-2)
+            carried = torch.addcmul(s[:, 1].float(), sample, keep.float())
+            return torch.stack([sample, carried], 1).to(dtype)
+
+        got = _value_and_grads(fused, logits, start)
+        expected = _value_and_grads(reference, logits, start)
+        for name, g, e in zip(("values", "d logits", "d start"), got, expected, strict=True):
+            torch.testing.assert_close(g.float(), e.float(), **TOLERANCE[dtype], msg=name)
+        return
     got = _value_and_grads(lambda x: fused_straight_through_sample(x, unimix, noise), logits)
     expected = _value_and_grads(
         lambda x: straight_through_sample(x.float(), unimix, noise).to(dtype), logits
@@ -104,7 +165,7 @@ def check_sample(shape: tuple[int, ...], dtype: torch.dtype, unimix: float) -> N
 
 def check_sample_under_autocast() -> None:
     """Autocast runs torch's softmax in float32, so the fused sample returns float32 there too."""
-    from dreamer.world_model.fused_ops import fused_straight_through_sample
+    from dreamer.world_model.fused_sample import fused_straight_through_sample
 
     logits = torch.randn(4, 3, 5, dtype=torch.bfloat16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -157,12 +218,19 @@ CASES = {
     "gru_odd_strided_fp32": (check_gru, (7, 3, 37, F32, "strided")),
     "gru_odd_strided_bf16": (check_gru, (7, 3, 37, BF16, "strided")),
     "gru_odd_expanded_fp32": (check_gru, (5, 3, 19, F32, "expanded")),
+    "gru_12m_bias_fp32": (check_gru, (16, 8, 256, F32, "dense", None, True)),
+    "gru_odd_strided_bias_bf16": (check_gru, (7, 3, 37, BF16, "strided", None, True)),
+    "gru_carried_bias_fp32": (check_gru, (16, 8, 256, F32, "dense", None, True, True)),
+    "gru_carried_expanded_fp32": (check_gru, (5, 3, 19, F32, "expanded", None, False, True)),
+    "gru_carried_bf16": (check_gru, (7, 3, 37, BF16, "dense", None, True, True)),
     "sample_12m_fp32_unimix0": (check_sample, ((16, 32, 16), F32, 0.0)),
     "sample_12m_fp32_unimix001": (check_sample, ((16, 32, 16), F32, 0.01)),
     "sample_12m_bf16_unimix001": (check_sample, ((16, 32, 16), BF16, 0.01)),
     "sample_odd_fp32_unimix0": (check_sample, ((5, 3, 7, 11), F32, 0.0)),
     "sample_odd_fp32_unimix001": (check_sample, ((5, 3, 7, 11), F32, 0.01)),
     "sample_odd_bf16_unimix0": (check_sample, ((5, 3, 7, 11), BF16, 0.0)),
+    "sample_carried_12m_fp32": (check_sample, ((16, 32, 16), F32, 0.01, True)),
+    "sample_carried_odd_bf16": (check_sample, ((5, 7, 11), BF16, 0.0, True)),
     "sample_autocast_float32": (check_sample_under_autocast, ()),
     "filter_uses_the_kernels": (check_filter_uses_the_kernels, ()),
 }

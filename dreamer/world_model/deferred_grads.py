@@ -85,20 +85,18 @@ class _Anchor(torch.autograd.Function):
 
 
 class _DeferredMatmul(torch.autograd.Function):
-    """``base + x @ W (+ b)`` whose backward returns ``dx`` (and ``d base``) and records ``g``."""
+    """``x @ W (+ b)`` whose backward returns ``dx`` and records ``g`` for ``dW`` (and ``db``)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, base: torch.Tensor | None, layer: _Layer, block: bool):
-        weight, bias = layer.compute_weight, layer.compute_bias
+    def forward(ctx, x: torch.Tensor, layer: _Layer, block: bool, add_bias: bool):
+        weight = layer.compute_weight
+        bias = layer.compute_bias if add_bias else None
         x = x.to(weight.dtype)
         if block:  # [blocks, N, i] @ [blocks, i, o] + bias[blocks, 1, o]
             out = torch.bmm(x, weight) if bias is None else torch.baddbmm(bias, x, weight)
-        elif base is not None:  # the bias is then part of base
-            out = torch.addmm(base.to(weight.dtype), x, weight.t())
         else:
             out = F.linear(x, weight, bias)
         ctx.layer, ctx.block, ctx.index = layer, block, len(layer.inputs)
-        ctx.has_base = base is not None
         # Detached: kept with its grad_fn, the list would tie this node to its own inputs in a
         # reference cycle through autograd's C++ graph, which the garbage collector cannot free.
         layer.inputs.append(x.detach())
@@ -110,7 +108,7 @@ class _DeferredMatmul(torch.autograd.Function):
         layer.grads[ctx.index] = grad
         weight = layer.compute_weight
         grad_x = block_input_grad(grad, weight) if ctx.block else grad @ weight
-        return grad_x, (grad if ctx.has_base else None), None, None
+        return grad_x, None, None, None
 
 
 def block_input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -196,15 +194,9 @@ class DeferredLayers:
             raise RuntimeError("call DeferredLayers.anchor before using its layers")
         return self.layers[id(weight)]
 
-    def linear(
-        self, x: torch.Tensor, weight: torch.Tensor, base: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``F.linear(x, weight, bias)`` for ``x`` ``[N, in]`` with the registered ``bias``, or
-        ``base + x @ weight.T`` for a layer registered without bias (one ``addmm``)."""
-        layer = self._layer(weight)
-        if base is not None and layer.bias is not None:
-            raise ValueError("a layer with a bias takes no base term")
-        return _DeferredMatmul.apply(x, base, layer, False)
+    def linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """``F.linear(x, weight, bias)`` for ``x`` ``[N, in]`` with the registered ``bias``."""
+        return _DeferredMatmul.apply(x, self._layer(weight), False, True)
 
     def norm_grad(self, weight: torch.Tensor) -> torch.Tensor | None:
         """The shared gradient buffer of a registered norm scale (``None`` if not registered)."""
@@ -214,9 +206,13 @@ class DeferredLayers:
             self.norm_buffers[id(weight)] = torch.zeros(weight.shape, device=weight.device)
         return self.norm_buffers[id(weight)]
 
-    def block_linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """``baddbmm(bias, x, weight)`` for block-major ``x`` ``[blocks, N, in]``."""
-        return _DeferredMatmul.apply(x, None, self._layer(weight), True)
+    def block_linear(
+        self, x: torch.Tensor, weight: torch.Tensor, add_bias: bool = True
+    ) -> torch.Tensor:
+        """``baddbmm(bias, x, weight)`` for block-major ``x`` ``[blocks, N, in]``; with
+        ``add_bias`` False the caller adds the registered bias (its gradient is still made
+        here, from the output's gradient)."""
+        return _DeferredMatmul.apply(x, self._layer(weight), True, add_bias)
 
 
 def compute_dtype(like: torch.Tensor) -> torch.dtype | None:

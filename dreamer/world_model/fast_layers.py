@@ -21,6 +21,7 @@ def run_layers(
     layers: nn.Sequential,
     value: torch.Tensor | tuple[torch.Tensor, ...],
     deferred: DeferredLayers | None,
+    addend: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``layers(value)``, with the ``Linear`` layers' weight gradients left to ``deferred``, and
     each RMS norm followed by SiLU run as one fused kernel where it can (CUDA, triton).
@@ -29,6 +30,10 @@ def run_layers(
     concatenation; it then runs on each input's own weight columns instead
     (:func:`~dreamer.world_model.split_input.linear_on_parts`), unless its gradient is deferred:
     a deferred layer keeps its input at every step anyway, so it gets the concatenation.
+
+    ``addend`` is added to ``value`` before the first layer: ``value``'s shape, or
+    ``[rows, blocks, width / blocks]`` (any strides) for ``value`` ``[rows, width]``. When the
+    first layers are a fused norm and SiLU, the kernel adds it as it reads ``value``.
     """
     modules = list(layers)
     if isinstance(value, tuple):
@@ -39,6 +44,11 @@ def run_layers(
             value = linear_on_parts(first, value)
             modules = modules[1:]
     fused = fused_norm_available(value)
+    if addend is not None:
+        addend = addend.to(value.dtype)
+        if not (fused and modules and _fusable_norm(modules, 0)):
+            value = (value.reshape(addend.shape) + addend).reshape(value.shape)
+            addend = None
     if deferred is None and not fused:
         for layer in modules:
             value = layer(value)
@@ -46,11 +56,11 @@ def run_layers(
     index = 0
     while index < len(modules):
         layer = modules[index]
-        eps = torchrl_rms_norm_eps(layer)
-        following = modules[index + 1] if index + 1 < len(modules) else None
-        if fused and eps is not None and isinstance(following, nn.SiLU):
+        if fused and _fusable_norm(modules, index):
             grad_buffer = deferred.norm_grad(layer.weight) if deferred is not None else None
-            value = rms_norm_silu(value, layer.weight, eps, grad_buffer)
+            eps = torchrl_rms_norm_eps(layer)
+            value = rms_norm_silu(value, layer.weight, eps, grad_buffer, addend)
+            addend = None
             index += 2
             continue
         if deferred is not None and isinstance(layer, nn.Linear) and deferred.handles(layer.weight):
@@ -63,14 +73,16 @@ def run_layers(
     return value
 
 
+def _fusable_norm(modules: list[nn.Module], index: int) -> bool:
+    """Whether ``modules[index:]`` starts with TorchRL's RMS norm and a SiLU (one fused kernel)."""
+    following = modules[index + 1] if index + 1 < len(modules) else None
+    return torchrl_rms_norm_eps(modules[index]) is not None and isinstance(following, nn.SiLU)
+
+
 def norm_scales(layers: nn.Sequential) -> list[torch.Tensor]:
     """Scales of the RMS norms in ``layers`` that :func:`run_layers` fuses with a following SiLU."""
     modules = list(layers)
-    return [
-        layer.weight
-        for layer, following in zip(modules, modules[1:], strict=False)
-        if torchrl_rms_norm_eps(layer) is not None and isinstance(following, nn.SiLU)
-    ]
+    return [modules[i].weight for i in range(len(modules)) if _fusable_norm(modules, i)]
 
 
 def linear_layers(layers: nn.Sequential) -> list[tuple[torch.Tensor, torch.Tensor | None]]:

@@ -33,11 +33,20 @@ except ImportError:  # a CPU-only install without triton: the torch modules are 
 if triton is not None:
 
     @triton.jit
-    def _norm_silu_forward(x_ptr, w_ptr, y_ptr, rstd_ptr, width, eps, BLOCK: tl.constexpr):
+    def _norm_silu_forward(x_ptr, a_ptr, w_ptr, y_ptr, sum_ptr, rstd_ptr, width, eps, a_rows,
+                           a_blocks, a_cols, a_group, ADDEND: tl.constexpr,
+                           BLOCK: tl.constexpr):  # fmt: skip
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
         mask = cols < width
         x = tl.load(x_ptr + row * width + cols, mask=mask, other=0.0).to(tl.float32)
+        if ADDEND:  # x + addend, the addend read through its strides ([rows, blocks, group])
+            offset = row * a_rows + (cols // a_group) * a_blocks + (cols % a_group) * a_cols
+            x += tl.load(a_ptr + offset, mask=mask, other=0.0).to(tl.float32)
+            # the sum, rounded as an unfused add would round it, is what the backward reads
+            x = x.to(sum_ptr.dtype.element_ty)
+            tl.store(sum_ptr + row * width + cols, x, mask=mask)
+            x = x.to(tl.float32)
         w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / width + eps)
         s = x * rstd * w
@@ -101,18 +110,25 @@ def _launch_config(width: int) -> tuple[int, int]:
 
 class _NormSiLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, eps: float, weight_grad: torch.Tensor | None):
+    def forward(ctx, x, weight, eps: float, weight_grad: torch.Tensor | None, addend):
         width = x.shape[-1]
         rows = x.reshape(-1, width).contiguous()
         y = torch.empty_like(rows)
         rstd = torch.empty(rows.shape[0], device=x.device, dtype=torch.float32)
         block, warps = _launch_config(width)
+        summed = rows
+        strides = (0, 0, 0, width)
+        if addend is not None:
+            summed = torch.empty_like(rows)
+            strides = (*addend.stride(), addend.shape[-1])
         _norm_silu_forward[(rows.shape[0],)](
-            rows, weight, y, rstd, width, eps, BLOCK=block, num_warps=warps
-        )
-        ctx.save_for_backward(rows, weight, rstd)
+            rows, rows if addend is None else addend, weight, y, summed, rstd, width, eps,
+            *strides, ADDEND=addend is not None, BLOCK=block, num_warps=warps,
+        )  # fmt: skip
+        ctx.save_for_backward(summed, weight, rstd)
         ctx.weight_grad = weight_grad
         ctx.shape = x.shape
+        ctx.addend_shape = None if addend is None else addend.shape
         return y.view(x.shape)
 
     @staticmethod
@@ -152,11 +168,18 @@ class _NormSiLU(torch.autograd.Function):
         )
         # With a shared buffer the scale's gradient is handed over once, by its owner.
         weight_grad = grad_w.to(weight.dtype) if wanted and not shared else None
-        return grad_x.view(ctx.shape), weight_grad, None, None
+        grad_addend = None
+        if ctx.needs_input_grad[4]:  # the sum's gradient, in the addend's [rows, blocks, group]
+            grad_addend = grad_x.view(ctx.addend_shape)
+        return grad_x.view(ctx.shape), weight_grad, None, None, grad_addend
 
 
 def rms_norm_silu(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, weight_grad: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    weight_grad: torch.Tensor | None = None,
+    addend: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``silu(x * rsqrt(mean(x^2, -1) + eps) * weight)`` in one Triton kernel each way.
 
@@ -167,10 +190,21 @@ def rms_norm_silu(
         weight_grad: a float32 ``[D]`` buffer the backward pass adds the scale's gradient to,
             instead of returning it (one buffer for all steps of a loop, handed to autograd by
             its owner); ``None``: returned as the gradient of ``weight`` as usual.
+        addend: added to ``x`` first, inside the kernel (an add would be one more kernel each
+            step): ``x``'s shape, or ``[rows, blocks, D / blocks]`` with any strides for ``x``
+            ``[rows, D]`` (the block-major output of a block-linear layer, transposed).
     """
     if triton is None:
         raise RuntimeError("rms_norm_silu needs triton (pip install triton)")
-    return _NormSiLU.apply(x, weight, eps, weight_grad)
+    if addend is not None:
+        rows = x.shape[:-1].numel()
+        if addend.dtype != x.dtype:
+            raise ValueError(f"addend dtype {addend.dtype} differs from x's {x.dtype}")
+        if addend.shape == x.shape:
+            addend = addend.reshape(rows, 1, x.shape[-1])
+        if addend.dim() != 3 or addend.shape[0] != rows or addend[0].numel() != x.shape[-1]:
+            raise ValueError(f"addend {tuple(addend.shape)} does not fit x {tuple(x.shape)}")
+    return _NormSiLU.apply(x, weight, eps, weight_grad, addend)
 
 
 def fused_norm_available(x: torch.Tensor) -> bool:

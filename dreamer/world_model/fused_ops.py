@@ -1,17 +1,16 @@
-"""Triton kernels for the two element-wise chains run at every RSSM step, forward and backward.
+"""Triton kernels for the element-wise chains run at every RSSM step, forward and backward.
 
 On a GPU the learner is bound by its number of kernels (docs/benchmarks.md), and the 64-step
 filter and the 15-step imagination run these chains at every step of both passes:
 
 * :func:`gru_gate_update`: the block GRU's gate arithmetic (``gru_step``'s last lines), 7 ATen
   ops forward and 12 backward in torch, here one kernel each way. It reads the gates in the
-  block-major layout ``block_linear`` leaves them in, so no transpose copy is made, and its
-  backward recomputes the gate activations from the pre-activations instead of saving them.
-* :func:`fused_straight_through_sample`: softmax, uniform mix, Gumbel-max ``argmax`` and the
-  straight-through one-hot (``straight_through_sample``), 9 ATen ops forward and 2 backward,
-  here one kernel each way. Its backward recomputes the softmax from the logits: the filter
-  keeps them anyway (the KL loss reads them), and elsewhere they are the size of the softmax
-  output that torch's backward would have kept.
+  block-major layout ``block_linear`` leaves them in, so no transpose copy is made, adds the
+  gate layer's bias (a ``baddbmm`` would first copy it into its output: one more kernel), and
+  its backward recomputes the gate activations from the pre-activations instead of saving them.
+  :func:`gru_gate_update_carried` also writes the filter's next input (the belief carried on, or
+  replaced at a segment start).
+* :mod:`dreamer.world_model.fused_sample`: the straight-through latent sample.
 
 Both compute in float32 and store in the tensors' own dtypes. Host side they only allocate
 through torch and launch on the current stream: no syncs, so they can be captured in a CUDA
@@ -39,9 +38,8 @@ except ImportError:  # CPU-only installs without Triton run the torch code
 
 _enabled = True
 
-# Elements per program of the GRU kernels, and logits per program of the sample kernels.
+# Elements per program of the GRU kernels.
 GRU_BLOCK = 1024
-SAMPLE_ELEMENTS = 1024
 
 
 def set_fused_kernels(enabled: bool) -> None:
@@ -78,38 +76,57 @@ if triton is not None:
         return reset, candidate, tl.sigmoid(update + update_bias)
 
     @triton.jit
-    def _gru_inputs(gates, belief, total, width, group, gate_sb, gate_sn, gate_sj, bel_sn, bel_sj,
-                    BLOCK: tl.constexpr):  # fmt: skip
+    def _gru_inputs(gates, belief, bias, total, width, group, gate_sb, gate_sn, gate_sj, bel_sn,
+                    bel_sj, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
         """This program's elements of the flat ``[N, blocks * g]`` output: their flat index, mask,
-        row and column, and their reset, candidate, update and belief inputs in float32."""
+        row and column, and their reset, candidate, update (bias added) and belief in float32."""
         index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = index < total
         row, column = index // width, index % width
-        gate = gates + (column // group) * gate_sb + row * gate_sn + (column % group) * gate_sj
+        block, within = column // group, column % group
+        gate = gates + block * gate_sb + row * gate_sn + within * gate_sj
         reset = tl.load(gate, mask=mask, other=0.0).to(tl.float32)
         candidate = tl.load(gate + group * gate_sj, mask=mask, other=0.0).to(tl.float32)
         update = tl.load(gate + 2 * group * gate_sj, mask=mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:  # the gate layer's bias, flat [blocks * 3 g]
+            own = bias + block * 3 * group + within
+            reset += tl.load(own, mask=mask, other=0.0).to(tl.float32)
+            candidate += tl.load(own + group, mask=mask, other=0.0).to(tl.float32)
+            update += tl.load(own + 2 * group, mask=mask, other=0.0).to(tl.float32)
         h = tl.load(belief + row * bel_sn + column * bel_sj, mask=mask, other=0.0)
         return index, mask, row, column, reset, candidate, update, h.to(tl.float32)
 
     @triton.jit
-    def _gru_forward_kernel(gates, belief, out, update_bias, total, width, group, gate_sb,
-                            gate_sn, gate_sj, bel_sn, bel_sj, BLOCK: tl.constexpr):  # fmt: skip
-        index, mask, _, _, reset, candidate, update, h = _gru_inputs(
-            gates, belief, total, width, group, gate_sb, gate_sn, gate_sj, bel_sn, bel_sj, BLOCK
-        )
+    def _gru_forward_kernel(gates, belief, bias, out, keep, start, carried, update_bias, total,
+                            width, group, gate_sb, gate_sn, gate_sj, bel_sn, bel_sj, keep_sn,
+                            start_sn, start_sj, HAS_BIAS: tl.constexpr, CARRY: tl.constexpr,
+                            BLOCK: tl.constexpr):  # fmt: skip
+        index, mask, row, column, reset, candidate, update, h = _gru_inputs(
+            gates, belief, bias, total, width, group, gate_sb, gate_sn, gate_sj, bel_sn, bel_sj,
+            HAS_BIAS, BLOCK,
+        )  # fmt: skip
         _, candidate, update = _gate_activations(reset, candidate, update, update_bias)
         value = h + update * (candidate - h)
         tl.store(out + index, value.to(out.dtype.element_ty), mask=mask)
+        if CARRY:  # the next step's input: start + value * keep
+            k = tl.load(keep + row * keep_sn, mask=mask, other=0.0).to(tl.float32)
+            s = tl.load(start + row * start_sn + column * start_sj, mask=mask, other=0.0)
+            value = s.to(tl.float32) + value * k
+            tl.store(carried + index, value.to(carried.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _gru_backward_kernel(gates, belief, grad_out, grad_gates, grad_belief, update_bias,
-                             total, width, group, rows, gate_sb, gate_sn, gate_sj, bel_sn,
-                             bel_sj, BLOCK: tl.constexpr):  # fmt: skip
+    def _gru_backward_kernel(gates, belief, bias, grad_out, keep, grad_carried, grad_gates,
+                             grad_belief, update_bias, total, width, group, rows, gate_sb,
+                             gate_sn, gate_sj, bel_sn, bel_sj, keep_sn, HAS_BIAS: tl.constexpr,
+                             CARRY: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
         index, mask, row, column, reset, candidate, update, h = _gru_inputs(
-            gates, belief, total, width, group, gate_sb, gate_sn, gate_sj, bel_sn, bel_sj, BLOCK
-        )
+            gates, belief, bias, total, width, group, gate_sb, gate_sn, gate_sj, bel_sn, bel_sj,
+            HAS_BIAS, BLOCK,
+        )  # fmt: skip
         grad = tl.load(grad_out + index, mask=mask, other=0.0).to(tl.float32)
+        if CARRY:  # the carried copy's gradient reaches the value through keep
+            k = tl.load(keep + row * keep_sn, mask=mask, other=0.0).to(tl.float32)
+            grad += k * tl.load(grad_carried + index, mask=mask, other=0.0).to(tl.float32)
         s_reset, tanh, s_update = _gate_activations(reset, candidate, update, update_bias)
         grad_update = grad * (tanh - h) * s_update * (1.0 - s_update)
         grad_inner = grad * s_update * (1.0 - tanh * tanh)  # through tanh(s_reset * candidate)
@@ -123,51 +140,6 @@ if triton is not None:
         tl.store(dst + 2 * group, grad_update.to(dtype), mask=mask)
         value = grad * (1.0 - s_update)
         tl.store(grad_belief + index, value.to(grad_belief.dtype.element_ty), mask=mask)
-
-    @triton.jit
-    def _sample_tile(logits, rows, cats, classes, l_s0, l_s1, l_s2, BLOCK_R: tl.constexpr,
-                     BLOCK_K: tl.constexpr):  # fmt: skip
-        """This program's rows of ``[M, C, K]`` logits as float32 ``softmax`` probabilities
-        (padding classes 0), with the tile's flat row indices, class indices and masks."""
-        row = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
-        k = tl.arange(0, BLOCK_K)
-        k_mask = k < classes
-        mask = (row < rows)[:, None] & k_mask[None, :]
-        offset = (row // cats) * l_s0 + (row % cats) * l_s1
-        x = tl.load(logits + offset[:, None] + k[None, :] * l_s2, mask=mask, other=0.0)
-        x = tl.where(k_mask[None, :], x.to(tl.float32), float("-inf"))
-        e = tl.exp(x - tl.max(x, axis=1)[:, None])
-        return e / tl.sum(e, axis=1)[:, None], row, k, k_mask, mask
-
-    @triton.jit
-    def _sample_forward_kernel(logits, noise, out, keep, floor, rows, cats, classes, l_s0, l_s1,
-                               l_s2, n_s0, n_s1, n_s2, BLOCK_R: tl.constexpr,
-                               BLOCK_K: tl.constexpr):  # fmt: skip
-        probs, row, k, k_mask, mask = _sample_tile(
-            logits, rows, cats, classes, l_s0, l_s1, l_s2, BLOCK_R, BLOCK_K
-        )
-        probs = keep * probs + floor  # the uniform mix (keep = 1 - unimix, floor = unimix / K)
-        offset = (row // cats) * n_s0 + (row % cats) * n_s1
-        draw = tl.load(noise + offset[:, None] + k[None, :] * n_s2, mask=mask, other=1.0)
-        # Gumbel-max in its exponential-race form; padding classes score below every real one.
-        score = tl.where(k_mask[None, :], probs / draw.to(tl.float32), -1.0)
-        index = tl.argmax(score, axis=1)
-        one_hot = tl.where(k[None, :] == index[:, None], 1.0, 0.0)
-        dst = out + row[:, None] * classes + k[None, :]
-        tl.store(dst, one_hot.to(out.dtype.element_ty), mask=mask)
-
-    @triton.jit
-    def _sample_backward_kernel(logits, grad_out, grad_logits, keep, rows, cats, classes, l_s0,
-                                l_s1, l_s2, BLOCK_R: tl.constexpr,
-                                BLOCK_K: tl.constexpr):  # fmt: skip
-        probs, row, k, _, mask = _sample_tile(
-            logits, rows, cats, classes, l_s0, l_s1, l_s2, BLOCK_R, BLOCK_K
-        )
-        flat = row[:, None] * classes + k[None, :]
-        grad = tl.load(grad_out + flat, mask=mask, other=0.0).to(tl.float32)
-        # The straight-through gradient is the mixed probabilities': keep * softmax backward.
-        value = keep * probs * (grad - tl.sum(grad * probs, axis=1)[:, None])
-        tl.store(grad_logits + flat, value.to(grad_logits.dtype.element_ty), mask=mask)
 
 
 def _gru_args(gates: torch.Tensor, belief: torch.Tensor) -> tuple:
@@ -183,33 +155,73 @@ def _gru_args(gates: torch.Tensor, belief: torch.Tensor) -> tuple:
 
 
 class _GruGateUpdate(torch.autograd.Function):
+    """The gate update, optionally with the gate bias added and the carried copy written."""
+
     @staticmethod
-    def forward(ctx, gates, belief, update_bias):
-        out = belief.new_empty(belief.shape, dtype=torch.promote_types(gates.dtype, belief.dtype))
+    def forward(ctx, gates, belief, bias, keep, start, update_bias):
+        dtype = torch.promote_types(gates.dtype, belief.dtype)
+        out = belief.new_empty(belief.shape, dtype=dtype)
+        carry = keep is not None
+        carried = torch.empty_like(out) if carry else out
         if out.numel():
             args = _gru_args(gates, belief)
-            grid = (triton.cdiv(args[0], GRU_BLOCK),)
-            _gru_forward_kernel[grid](gates, belief, out, update_bias, *args, BLOCK=GRU_BLOCK)
-        ctx.save_for_backward(gates, belief)
+            _gru_forward_kernel[(triton.cdiv(args[0], GRU_BLOCK),)](
+                gates, belief, gates if bias is None else bias, out, keep if carry else out,
+                start if carry else out, carried, update_bias, *args,
+                keep.stride(0) if carry else 0, *(start.stride() if carry else (0, 0)),
+                HAS_BIAS=bias is not None, CARRY=carry, BLOCK=GRU_BLOCK,
+            )  # fmt: skip
+        ctx.save_for_backward(gates, belief, bias, keep)
+        # An unread output's gradient stays None (the filter's last carry): no zeros to add.
+        ctx.set_materialize_grads(False)
         ctx.update_bias = update_bias
-        return out
+        ctx.start_shape = None if start is None else start.shape
+        return (out, carried) if carry else out
 
     @staticmethod
-    def backward(ctx, grad_out):
-        gates, belief = ctx.saved_tensors
+    def backward(ctx, grad_out, grad_carried=None):
+        gates, belief, bias, keep = ctx.saved_tensors
         grad_gates = torch.empty(gates.shape, dtype=gates.dtype, device=gates.device)
         grad_belief = torch.empty(belief.shape, dtype=belief.dtype, device=belief.device)
+        carry = keep is not None and grad_carried is not None
+        if grad_out is None:
+            grad_out = torch.zeros(belief.shape, dtype=grad_gates.dtype, device=belief.device)
         if grad_out.numel():
             total, width, group, *strides = _gru_args(gates, belief)
-            grid = (triton.cdiv(total, GRU_BLOCK),)
-            _gru_backward_kernel[grid](
-                gates, belief, grad_out.contiguous(), grad_gates, grad_belief, ctx.update_bias,
-                total, width, group, gates.shape[1], *strides, BLOCK=GRU_BLOCK,
+            grad_out = grad_out.contiguous()
+            grad_carried = grad_carried.contiguous() if carry else grad_out
+            _gru_backward_kernel[(triton.cdiv(total, GRU_BLOCK),)](
+                gates, belief, gates if bias is None else bias, grad_out,
+                keep if carry else grad_out, grad_carried, grad_gates, grad_belief,
+                ctx.update_bias, total, width, group, gates.shape[1], *strides,
+                keep.stride(0) if carry else 0, HAS_BIAS=bias is not None, CARRY=carry,
+                BLOCK=GRU_BLOCK,
             )  # fmt: skip
-        return grad_gates, grad_belief, None
+        grad_bias = None
+        if ctx.needs_input_grad[2]:  # a bias whose gradient is not deferred
+            grad_bias = grad_gates.sum(1, dtype=torch.float32).flatten().to(bias.dtype)
+        grad_start = None
+        if carry and ctx.needs_input_grad[4]:
+            grad_start = grad_carried.view(ctx.start_shape)
+        return grad_gates, grad_belief, grad_bias, None, grad_start, None
 
 
-def gru_gate_update(gates: torch.Tensor, belief: torch.Tensor, update_bias: float) -> torch.Tensor:
+def _check_gru_shapes(gates: torch.Tensor, belief: torch.Tensor, bias: torch.Tensor | None):
+    blocks, rows, three_g = gates.shape
+    if belief.shape != (rows, blocks * three_g // 3) or three_g % 3:
+        raise ValueError(f"gates {tuple(gates.shape)} do not fit belief {tuple(belief.shape)}")
+    if bias is not None and (bias.shape != (blocks * three_g,) or not bias.is_contiguous()):
+        raise ValueError(
+            f"the gate bias must be a contiguous [{blocks * three_g}], got {bias.shape}"
+        )
+
+
+def gru_gate_update(
+    gates: torch.Tensor,
+    belief: torch.Tensor,
+    update_bias: float,
+    gate_bias: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The block GRU's next belief from its gate pre-activations, in one kernel each way.
 
     Args:
@@ -217,77 +229,32 @@ def gru_gate_update(gates: torch.Tensor, belief: torch.Tensor, update_bias: floa
             ``block_linear`` returns them; any strides.
         belief: ``[N, blocks * g]`` current belief; any strides (e.g. an expanded ``h0``).
         update_bias: added to the update gate's pre-activation.
+        gate_bias: the gate layer's bias ``[blocks * 3 g]``, added to ``gates`` here (so the
+            matmul need not copy it into its output first); its gradient is the row sum of the
+            gates' and is returned only when it requires one.
 
     Returns:
         ``[N, blocks * g]``: ``h + sigmoid(u + bias) * (tanh(sigmoid(r) * c) - h)`` per block, in
         the promoted dtype of ``gates`` and ``belief``.
     """
-    blocks, rows, three_g = gates.shape
-    if belief.shape != (rows, blocks * three_g // 3) or three_g % 3:
-        raise ValueError(f"gates {tuple(gates.shape)} do not fit belief {tuple(belief.shape)}")
-    return _GruGateUpdate.apply(gates, belief, float(update_bias))
+    _check_gru_shapes(gates, belief, gate_bias)
+    return _GruGateUpdate.apply(gates, belief, gate_bias, None, None, float(update_bias))
 
 
-def _sample_args(logits: torch.Tensor) -> tuple[tuple, dict, tuple]:
-    """Grid, block sizes and leading sizes of the sample kernels for ``[M, C, K]`` logits."""
-    rows, classes = logits.shape[0] * logits.shape[1], logits.shape[2]
-    block_k = triton.next_power_of_2(classes)
-    block_r = max(1, SAMPLE_ELEMENTS // block_k)
-    blocks = {"BLOCK_R": block_r, "BLOCK_K": block_k}
-    return (triton.cdiv(rows, block_r),), blocks, (rows, logits.shape[1], classes)
-
-
-class _StraightThroughSample(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, unimix, noise, out_dtype):
-        grouped, draws = (
-            logits.reshape(-1, *logits.shape[-2:]),
-            noise.reshape(-1, *noise.shape[-2:]),
-        )
-        out = torch.empty(logits.shape, dtype=out_dtype, device=logits.device)
-        classes = logits.shape[-1]
-        if out.numel():
-            grid, blocks, sizes = _sample_args(grouped)
-            _sample_forward_kernel[grid](
-                grouped, draws, out, 1.0 - unimix, unimix / classes, *sizes, *grouped.stride(),
-                *draws.stride(), **blocks,
-            )  # fmt: skip
-        ctx.save_for_backward(logits)
-        ctx.keep = 1.0 - unimix
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        (logits,) = ctx.saved_tensors
-        grouped = logits.reshape(-1, *logits.shape[-2:])
-        grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-        if grad_out.numel():
-            grid, blocks, sizes = _sample_args(grouped)
-            _sample_backward_kernel[grid](
-                grouped, grad_out.contiguous(), grad_logits, ctx.keep, *sizes, *grouped.stride(),
-                **blocks,
-            )  # fmt: skip
-        return grad_logits, None, None, None
-
-
-def fused_straight_through_sample(
-    logits: torch.Tensor, unimix: float, noise: torch.Tensor
-) -> torch.Tensor:
-    """:func:`~dreamer.world_model.sampling.straight_through_sample` in one kernel each way.
-
-    Args:
-        logits: ``[..., C, K]``; any strides whose leading dims can be viewed as one.
-        unimix: weight of the uniform mixture.
-        noise: ``Exp(1)`` draws, the shape of ``logits`` (any such strides).
-
-    Returns:
-        The exact one-hot ``[..., C, K]`` of ``argmax((1 - unimix) softmax + unimix / K) / noise``;
-        its gradient is ``(1 - unimix)`` times the softmax's. In ``logits``' dtype, or float32
-        under autocast, where torch's softmax would compute (and return) float32.
-    """
-    if logits.dim() < 2 or noise.shape != logits.shape:
-        raise ValueError(f"logits {tuple(logits.shape)} and noise {tuple(noise.shape)} differ")
-    out_dtype = logits.dtype
-    if torch.is_autocast_enabled(logits.device.type):
-        out_dtype = torch.promote_types(out_dtype, torch.float32)
-    return _StraightThroughSample.apply(logits, float(unimix), noise, out_dtype)
+def gru_gate_update_carried(
+    gates: torch.Tensor,
+    belief: torch.Tensor,
+    update_bias: float,
+    gate_bias: torch.Tensor | None,
+    keep: torch.Tensor,
+    start: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gru_gate_update` and the filter's next input ``start + next_belief * keep`` from the
+    same kernel (``keep`` ``[N, 1]``: 0 where the next step starts a segment, 1 elsewhere;
+    ``start`` ``[N, blocks * g]``, any strides). Backward, the two outputs' gradients are
+    combined inside the GRU's backward kernel: the multiply and add of a separate ``addcmul``
+    cost two kernels each way per filter step."""
+    _check_gru_shapes(gates, belief, gate_bias)
+    if keep.shape[0] != belief.shape[0] or start.shape != belief.shape:
+        raise ValueError(f"keep {tuple(keep.shape)} / start {tuple(start.shape)} do not fit")
+    return _GruGateUpdate.apply(gates, belief, gate_bias, keep, start, float(update_bias))

@@ -20,6 +20,7 @@ several per step out of the 64-step chain and its backward pass.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torchrl.modules import RSSMPosteriorV3, RSSMPriorV3
 
 from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype, worth_deferring
@@ -29,14 +30,14 @@ from dreamer.world_model.rssm_step import (
     embed_term,
     gru_layers,
     gru_norms,
-    gru_step,
+    gru_step_carried,
     initial_belief,
     posterior_layers,
     posterior_logits,
     posterior_norms,
     prior_logits,
 )
-from dreamer.world_model.sampling import race_noise, straight_through_sample
+from dreamer.world_model.sampling import race_noise, sample_carried, straight_through_sample
 
 
 def observe_sequence(
@@ -88,25 +89,28 @@ def observe_sequence(
         deferred = DeferredLayers(layers, compute_dtype(embed_next), norms)
         # Every step depends on these (segment starts are mixed in below).
         h0, z0 = deferred.anchor(h0, z0)
-    # A segment start takes z0/h0, any other row carries the state on: x * keep + start_value,
-    # exact in both cases, with the start values made for all steps at once (a where() per
-    # step costs more kernels in its backward pass).
-    starts = is_init.reshape(batch, steps, 1).to(z0.dtype)
-    keep = (1 - starts).unbind(1)
-    start_states = (z0 * starts).unbind(1)
-    start_beliefs = (h0 * starts).unbind(1)
+    # Each step's kernels also write the next step's input: z0/h0 where the next row starts a
+    # segment, the carried state elsewhere, as x * keep + start_value (exact in both cases;
+    # a separate addcmul per step, or a where(), costs kernels each way). Row 0 always starts a
+    # segment, so z0 and h0 are its inputs; the last step's carry is never read.
+    following = F.pad(is_init.reshape(batch, steps, 1)[:, 1:].to(z0.dtype), (0, 0, 0, 1))
+    keep = (1 - following).unbind(1)
+    start_states = (F.pad(z0[:, 1:], (0, 0, 0, 1)) * following).unbind(1)
+    start_beliefs = (h0 * following).unbind(1)
     state, belief = z0[:, 0], h0.expand(batch, -1)
     post_logits, states, beliefs = [], [], []
     for t in range(steps):
-        if t:  # row 0 always starts a segment: z0 and h0 are already in place
-            state = torch.addcmul(start_states[t], state, keep[t])
-            belief = torch.addcmul(start_beliefs[t], belief, keep[t])
-        belief = gru_step(cell, state, belief, step_actions[t], deferred)
+        belief, next_belief = gru_step_carried(
+            cell, state, belief, step_actions[t], keep[t], start_beliefs[t], deferred
+        )
         logits = posterior_logits(post, belief, step_embeds[t], deferred)
-        state = straight_through_sample(logits, post.unimix, step_noise[t]).flatten(-2)
+        state, next_state = sample_carried(
+            logits, post.unimix, step_noise[t], keep[t], start_states[t]
+        )
         post_logits.append(logits)
         states.append(state)
         beliefs.append(belief)
+        state, belief = next_state, next_belief
     belief = torch.stack(beliefs, 1)
     return {
         "prior_logits": prior_logits(cell, belief),

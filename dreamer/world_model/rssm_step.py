@@ -45,23 +45,25 @@ def block_linear(
     weight: torch.Tensor,
     bias: torch.Tensor | None,
     deferred: DeferredLayers | None = None,
+    add_bias: bool = True,
 ) -> torch.Tensor:
     """TorchRL's block-linear layer, left block-major: ``[N, blocks * i] -> [blocks, N, o]``.
 
-    The bias (if any) is added inside the batched matmul, and moving the blocks back to
-    ``[N, blocks * o]`` is left to the caller, which can often skip it.
+    The bias (if any) is added inside the batched matmul unless ``add_bias`` is False (the
+    caller adds it; a deferred layer still computes its gradient), and moving the blocks back
+    to ``[N, blocks * o]`` is left to the caller, which can often skip it.
     """
     blocks, _, block_out = weight.shape
     value = value.unflatten(-1, (blocks, -1)).transpose(0, 1)
     if deferred is not None and deferred.handles(weight):
-        return deferred.block_linear(value, weight)
+        return deferred.block_linear(value, weight, add_bias)
     # Parameters in the activation dtype, as TorchRL does (a bf16 recurrence stays bf16), and
     # autocast's cast made here, so the matmul and its backward see one dtype.
     dtype = compute_dtype(value) or value.dtype
     value, weight = value.to(dtype), weight.to(dtype)
-    if bias is not None:
+    if bias is not None and add_bias:
         bias = bias.to(dtype).view(blocks, 1, block_out)
-    return _BlockLinear.apply(value, weight, bias)
+    return _BlockLinear.apply(value, weight, bias if add_bias else None)
 
 
 class _BlockLinear(torch.autograd.Function):
@@ -123,26 +125,20 @@ def gru_norms(parts: PriorParts, with_action: bool = True) -> list[torch.Tensor]
     return [w for stack in stacks for w in norm_scales(stack)]
 
 
-def gru_step(
+def _gru_gates(
     parts: PriorParts,
     state: torch.Tensor,
     belief: torch.Tensor,
     action_feature: torch.Tensor,
-    deferred: DeferredLayers | None = None,
+    deferred: DeferredLayers | None,
+    add_gate_bias: bool,
 ) -> torch.Tensor:
-    """Next belief ``[..., deter]`` from ``state``, ``belief`` and :func:`action_features`.
+    """The block GRU's gate pre-activations ``[blocks, N, 3 g]`` for 2-D inputs.
 
     The hidden layer runs split by input (:class:`~dreamer.world_model.rssm_parts.PriorParts`):
-    one matmul on the features all blocks share and a block-diagonal one on the belief, added in
-    the ``[N, blocks, out]`` layout the norm reads. The gate arithmetic runs on block-major views
-    of the gate outputs, and the update ``u * c + (1 - u) * h`` is computed as
-    ``h + u * (c - h)``: the same numbers up to rounding, in fewer kernels than TorchRL's
-    flattened copies; on CUDA it is one Triton kernel each way
-    (:func:`~dreamer.world_model.fused_ops.gru_gate_update`). With ``deferred`` (made from
-    :func:`gru_layers`), the layers' weight gradients are left to it.
+    one matmul on the features all blocks share and a block-diagonal one on the belief, whose
+    sum the norm after them reads (added inside the fused norm's kernel where it runs).
     """
-    blocks, leading = parts.num_blocks, belief.shape[:-1]
-    state, belief, action_feature = (x.flatten(0, -2) for x in (state, belief, action_feature))
     features = torch.cat(
         [
             run_layers(parts.belief_projection, belief, deferred),
@@ -153,17 +149,67 @@ def gru_step(
     )
     shared = linear(features, parts.hidden_features_weight, parts.hidden_bias, deferred)
     own = block_linear(belief, parts.hidden_belief_weight, None, deferred)
-    hidden = shared.unflatten(-1, (blocks, -1)) + own.transpose(0, 1)
-    hidden = run_layers(parts.hidden_rest, hidden.flatten(-2), deferred)
-    gates = block_linear(hidden, parts.gates_weight, parts.gates_bias, deferred)
-    if fused_ops.use_fused(gates, belief):
-        return fused_ops.gru_gate_update(gates, belief, UPDATE_BIAS).reshape(*leading, -1)
-    grouped = belief.unflatten(-1, (blocks, -1))
+    hidden = run_layers(parts.hidden_rest, shared, deferred, addend=own.transpose(0, 1))
+    return block_linear(hidden, parts.gates_weight, parts.gates_bias, deferred, add_gate_bias)
+
+
+def _kernel_gate_bias(parts: PriorParts, deferred: DeferredLayers | None) -> torch.Tensor:
+    """The gate bias as the fused GRU kernel adds it: detached when ``deferred`` computes its
+    gradient (from the gates' gradients, as for any deferred bias)."""
+    bias = parts.gates_bias
+    return bias.detach() if deferred is not None and deferred.handles(parts.gates_weight) else bias
+
+
+def gru_step(
+    parts: PriorParts,
+    state: torch.Tensor,
+    belief: torch.Tensor,
+    action_feature: torch.Tensor,
+    deferred: DeferredLayers | None = None,
+) -> torch.Tensor:
+    """Next belief ``[..., deter]`` from ``state``, ``belief`` and :func:`action_features`.
+
+    The gate arithmetic runs on block-major views of the gate outputs, and the update
+    ``u * c + (1 - u) * h`` is computed as ``h + u * (c - h)``: the same numbers up to rounding,
+    in fewer kernels than TorchRL's flattened copies; on CUDA it is one Triton kernel each way,
+    which also adds the gate layer's bias
+    (:func:`~dreamer.world_model.fused_ops.gru_gate_update`). With ``deferred`` (made from
+    :func:`gru_layers`), the layers' weight gradients are left to it.
+    """
+    leading = belief.shape[:-1]
+    state, belief, action_feature = (x.flatten(0, -2) for x in (state, belief, action_feature))
+    if fused_ops.use_fused(belief):
+        gates = _gru_gates(parts, state, belief, action_feature, deferred, add_gate_bias=False)
+        bias = _kernel_gate_bias(parts, deferred)
+        return fused_ops.gru_gate_update(gates, belief, UPDATE_BIAS, bias).reshape(*leading, -1)
+    gates = _gru_gates(parts, state, belief, action_feature, deferred, add_gate_bias=True)
+    grouped = belief.unflatten(-1, (parts.num_blocks, -1))
     gates = gates.transpose(0, 1)
     reset, candidate, update = gates.unflatten(-1, (3, -1)).unbind(-2)
     candidate = (reset.sigmoid() * candidate).tanh()
     update = (update + UPDATE_BIAS).sigmoid()
     return torch.addcmul(grouped, update, candidate - grouped).reshape(*leading, -1)
+
+
+def gru_step_carried(
+    parts: PriorParts,
+    state: torch.Tensor,
+    belief: torch.Tensor,
+    action_feature: torch.Tensor,
+    keep: torch.Tensor,
+    start: torch.Tensor,
+    deferred: DeferredLayers | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`gru_step` on ``[N, ...]`` rows, and the filter's next input
+    ``start + next_belief * keep`` (``keep`` ``[N, 1]``: 0 where the next step starts a segment
+    from ``start``, 1 where it carries the belief on); on CUDA from the GRU's own kernel
+    (:func:`~dreamer.world_model.fused_ops.gru_gate_update_carried`)."""
+    if fused_ops.use_fused(belief):
+        gates = _gru_gates(parts, state, belief, action_feature, deferred, add_gate_bias=False)
+        bias = _kernel_gate_bias(parts, deferred)
+        return fused_ops.gru_gate_update_carried(gates, belief, UPDATE_BIAS, bias, keep, start)
+    following = gru_step(parts, state, belief, action_feature, deferred)
+    return following, torch.addcmul(start, following, keep)
 
 
 def initial_belief(parts: PriorParts, like: torch.Tensor) -> torch.Tensor:
@@ -209,8 +255,9 @@ def posterior_logits(
     gradients are left to it.
     """
     if deferred is not None and deferred.handles(parts.belief_weight):
-        hidden = deferred.linear(belief, parts.belief_weight, base=embedding_term)
-        return run_layers(parts.rest, hidden, deferred).unflatten(
+        # The embedding term is added by the fused norm's kernel where it runs.
+        hidden = deferred.linear(belief, parts.belief_weight)
+        return run_layers(parts.rest, hidden, deferred, addend=embedding_term).unflatten(
             -1, (parts.num_categoricals, parts.num_classes)
         )
     if belief.dim() == 2 and embedding_term.dim() == 2:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from dreamer.world_model import fused_ops
+from dreamer.world_model import fused_ops, fused_sample
 
 
 def race_noise(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
@@ -37,14 +37,31 @@ def straight_through_sample(
 
     Returns:
         ``[..., num_categoricals, num_classes]``: one-hot forward, softmax gradient backward.
-        On CUDA this is one Triton kernel each way (:mod:`~dreamer.world_model.fused_ops`),
+        On CUDA this is one Triton kernel each way (:mod:`~dreamer.world_model.fused_sample`),
         whose forward is the exact one-hot rather than its rounding below.
     """
     if fused_ops.use_fused(logits, noise):
-        return fused_ops.fused_straight_through_sample(logits, unimix, noise)
+        return fused_sample.fused_straight_through_sample(logits, unimix, noise)
     probs = torch.softmax(logits, dim=-1)
     if unimix:
         probs = (1 - unimix) * probs + unimix / logits.shape[-1]
     index = (probs.detach() / noise).argmax(-1, keepdim=True)
     one_hot = torch.zeros_like(probs).scatter_(-1, index, 1.0)
     return probs + (one_hot - probs).detach()
+
+
+def sample_carried(
+    logits: torch.Tensor,
+    unimix: float,
+    noise: torch.Tensor,
+    keep: torch.Tensor,
+    start: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A flattened :func:`straight_through_sample` ``[M, C * K]`` of ``[M, C, K]`` logits, and the
+    filter's next input ``start + sample * keep`` (``keep`` ``[M, 1]``: 0 where the next step
+    starts a segment from ``start``, 1 where it carries the sample on). On CUDA both come from
+    one kernel each way (:func:`~dreamer.world_model.fused_sample.fused_sample_carried`)."""
+    if fused_ops.use_fused(logits, noise):
+        return fused_sample.fused_sample_carried(logits, unimix, noise, keep, start)
+    state = straight_through_sample(logits, unimix, noise).flatten(-2)
+    return state, torch.addcmul(start, state, keep)

@@ -1,0 +1,200 @@
+"""The straight-through latent sample as one Triton kernel forward and one backward.
+
+``straight_through_sample`` (softmax, uniform mix, Gumbel-max ``argmax`` and the straight-through
+one-hot) is 9 ATen ops forward and 2 backward in torch, run at every step of the filter and the
+imagination. Here it is one kernel each way. The backward recomputes the softmax from the logits:
+the filter keeps them anyway (the KL loss reads them), and elsewhere they are the size of the
+softmax output that torch's backward would have kept. :func:`fused_sample_carried` also writes the
+filter's next input, ``start + sample * keep``, whose ``addcmul`` would cost two more kernels each
+way per step.
+
+Same rules as :mod:`dreamer.world_model.fused_ops` (float32 maths, no syncs, long-stable
+``triton.language`` only; tests through Triton's interpreter in ``tests/test_fused_ops.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dreamer.world_model.fused_ops import triton
+
+if triton is not None:
+    import triton.language as tl
+
+# Logits per program.
+SAMPLE_ELEMENTS = 1024
+
+
+if triton is not None:
+
+    @triton.jit
+    def _sample_tile(logits, rows, cats, classes, l_s0, l_s1, l_s2, BLOCK_R: tl.constexpr,
+                     BLOCK_K: tl.constexpr):  # fmt: skip
+        """This program's rows of ``[M, C, K]`` logits as float32 ``softmax`` probabilities
+        (padding classes 0), with the tile's flat row indices, class indices and masks."""
+        row = tl.program_id(0).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+        k = tl.arange(0, BLOCK_K)
+        k_mask = k < classes
+        mask = (row < rows)[:, None] & k_mask[None, :]
+        offset = (row // cats) * l_s0 + (row % cats) * l_s1
+        x = tl.load(logits + offset[:, None] + k[None, :] * l_s2, mask=mask, other=0.0)
+        x = tl.where(k_mask[None, :], x.to(tl.float32), float("-inf"))
+        e = tl.exp(x - tl.max(x, axis=1)[:, None])
+        return e / tl.sum(e, axis=1)[:, None], row, k, k_mask, mask
+
+    @triton.jit
+    def _sample_forward_kernel(logits, noise, out, carry_keep, carry_start, carried, keep, floor,
+                               rows, cats, classes, l_s0, l_s1, l_s2, n_s0, n_s1, n_s2, ck_s0,
+                               cs_s0, cs_s1, CARRY: tl.constexpr, BLOCK_R: tl.constexpr,
+                               BLOCK_K: tl.constexpr):  # fmt: skip
+        probs, row, k, k_mask, mask = _sample_tile(
+            logits, rows, cats, classes, l_s0, l_s1, l_s2, BLOCK_R, BLOCK_K
+        )
+        probs = keep * probs + floor  # the uniform mix (keep = 1 - unimix, floor = unimix / K)
+        sample = row // cats
+        offset = sample * n_s0 + (row % cats) * n_s1
+        draw = tl.load(noise + offset[:, None] + k[None, :] * n_s2, mask=mask, other=1.0)
+        # Gumbel-max in its exponential-race form; padding classes score below every real one.
+        score = tl.where(k_mask[None, :], probs / draw.to(tl.float32), -1.0)
+        index = tl.argmax(score, axis=1)
+        one_hot = tl.where(k[None, :] == index[:, None], 1.0, 0.0)
+        flat = row[:, None] * classes + k[None, :]
+        tl.store(out + flat, one_hot.to(out.dtype.element_ty), mask=mask)
+        if CARRY:  # the filter's next input: start + sample * keep, per sample row
+            factor = tl.load(carry_keep + sample * ck_s0, mask=row < rows, other=0.0)
+            column = (row % cats)[:, None] * classes + k[None, :]
+            start = tl.load(carry_start + sample[:, None] * cs_s0 + column * cs_s1, mask=mask)
+            value = start.to(tl.float32) + one_hot * factor.to(tl.float32)[:, None]
+            tl.store(carried + flat, value.to(carried.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def _sample_backward_kernel(logits, grad_out, carry_keep, grad_carried, grad_logits, keep,
+                                rows, cats, classes, l_s0, l_s1, l_s2, g_s0, g_s1, g_s2, ck_s0,
+                                CARRY: tl.constexpr, BLOCK_R: tl.constexpr,
+                                BLOCK_K: tl.constexpr):  # fmt: skip
+        probs, row, k, _, mask = _sample_tile(
+            logits, rows, cats, classes, l_s0, l_s1, l_s2, BLOCK_R, BLOCK_K
+        )
+        flat = row[:, None] * classes + k[None, :]
+        # (read through its strides: the filter's samples reach the loss through a stack, whose
+        # backward hands each step a slice of the stacked gradient)
+        offset = ((row // cats) * g_s0 + (row % cats) * g_s1)[:, None] + k[None, :] * g_s2
+        grad = tl.load(grad_out + offset, mask=mask, other=0.0).to(tl.float32)
+        if CARRY:  # the carried copy's gradient reaches the sample through keep
+            factor = tl.load(carry_keep + (row // cats) * ck_s0, mask=row < rows, other=0.0)
+            extra = tl.load(grad_carried + flat, mask=mask, other=0.0).to(tl.float32)
+            grad += extra * factor.to(tl.float32)[:, None]
+        # The straight-through gradient is the mixed probabilities': keep * softmax backward.
+        value = keep * probs * (grad - tl.sum(grad * probs, axis=1)[:, None])
+        tl.store(grad_logits + flat, value.to(grad_logits.dtype.element_ty), mask=mask)
+
+
+def _sample_args(logits: torch.Tensor) -> tuple[tuple, dict, tuple]:
+    """Grid, block sizes and leading sizes of the sample kernels for ``[M, C, K]`` logits."""
+    rows, classes = logits.shape[0] * logits.shape[1], logits.shape[2]
+    block_k = triton.next_power_of_2(classes)
+    block_r = max(1, SAMPLE_ELEMENTS // block_k)
+    blocks = {"BLOCK_R": block_r, "BLOCK_K": block_k}
+    return (triton.cdiv(rows, block_r),), blocks, (rows, logits.shape[1], classes)
+
+
+class _StraightThroughSample(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, logits, unimix, noise, out_dtype, carry_keep, carry_start):
+        grouped, draws = (
+            logits.reshape(-1, *logits.shape[-2:]),
+            noise.reshape(-1, *noise.shape[-2:]),
+        )
+        out = torch.empty(logits.shape, dtype=out_dtype, device=logits.device)
+        carry = carry_keep is not None
+        carried = (
+            torch.empty(carry_start.shape, dtype=out_dtype, device=out.device) if carry else out
+        )
+        classes = logits.shape[-1]
+        if out.numel():
+            grid, blocks, sizes = _sample_args(grouped)
+            _sample_forward_kernel[grid](
+                grouped, draws, out, carry_keep if carry else out, carry_start if carry else out,
+                carried, 1.0 - unimix, unimix / classes, *sizes, *grouped.stride(),
+                *draws.stride(), carry_keep.stride(0) if carry else 0,
+                *(carry_start.stride() if carry else (0, 0)), CARRY=carry, **blocks,
+            )  # fmt: skip
+        ctx.save_for_backward(logits, carry_keep)
+        # An unread output's gradient stays None (the filter's last carry): no zeros to add.
+        ctx.set_materialize_grads(False)
+        ctx.keep = 1.0 - unimix
+        ctx.start_shape = carry_start.shape if carry else None
+        return (out, carried) if carry else out
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_carried=None):
+        logits, carry_keep = ctx.saved_tensors
+        carry = carry_keep is not None and grad_carried is not None
+        grouped = logits.reshape(-1, *logits.shape[-2:])
+        grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
+        if grad_out is None:  # only the carried copy was read
+            grad_out = torch.zeros(logits.shape, dtype=logits.dtype, device=logits.device)
+        grad_out = grad_out.reshape(grouped.shape)
+        grad_carried = grad_carried.contiguous() if carry else grad_out
+        if grad_out.numel():
+            grid, blocks, sizes = _sample_args(grouped)
+            _sample_backward_kernel[grid](
+                grouped, grad_out, carry_keep if carry else grad_out, grad_carried, grad_logits,
+                ctx.keep, *sizes, *grouped.stride(), *grad_out.stride(),
+                carry_keep.stride(0) if carry else 0, CARRY=carry, **blocks,
+            )  # fmt: skip
+        grad_start = (
+            grad_carried.view(ctx.start_shape) if carry and ctx.needs_input_grad[5] else None
+        )
+        return grad_logits, None, None, None, None, grad_start
+
+
+def _output_dtype(logits: torch.Tensor, noise: torch.Tensor) -> torch.dtype:
+    """``logits``' dtype, or float32 under autocast (where torch's softmax computes float32)."""
+    if logits.dim() < 2 or noise.shape != logits.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and noise {tuple(noise.shape)} differ")
+    if torch.is_autocast_enabled(logits.device.type):
+        return torch.promote_types(logits.dtype, torch.float32)
+    return logits.dtype
+
+
+def fused_straight_through_sample(
+    logits: torch.Tensor, unimix: float, noise: torch.Tensor
+) -> torch.Tensor:
+    """:func:`~dreamer.world_model.sampling.straight_through_sample` in one kernel each way.
+
+    Args:
+        logits: ``[..., C, K]``; any strides whose leading dims can be viewed as one.
+        unimix: weight of the uniform mixture.
+        noise: ``Exp(1)`` draws, the shape of ``logits`` (any such strides).
+
+    Returns:
+        The exact one-hot ``[..., C, K]`` of ``argmax((1 - unimix) softmax + unimix / K) / noise``;
+        its gradient is ``(1 - unimix)`` times the softmax's. In ``logits``' dtype, or float32
+        under autocast, where torch's softmax would compute (and return) float32.
+    """
+    dtype = _output_dtype(logits, noise)
+    return _StraightThroughSample.apply(logits, float(unimix), noise, dtype, None, None)
+
+
+def fused_sample_carried(
+    logits: torch.Tensor,
+    unimix: float,
+    noise: torch.Tensor,
+    keep: torch.Tensor,
+    start: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`fused_straight_through_sample` flattened to ``[M, C * K]``, and the filter's next
+    input ``start + sample * keep`` from the same kernel.
+
+    Args:
+        logits, unimix, noise: as :func:`fused_straight_through_sample`, with logits ``[M, C, K]``.
+        keep: ``[M, 1]``: 0 where the next step starts a segment, 1 elsewhere.
+        start: ``[M, C * K]`` (any strides): the state a segment starts from.
+    """
+    dtype = _output_dtype(logits, noise)
+    rows, cats, classes = logits.shape
+    if keep.shape[0] != rows or start.shape != (rows, cats * classes):
+        raise ValueError(f"keep {tuple(keep.shape)} / start {tuple(start.shape)} do not fit")
+    sample, carried = _StraightThroughSample.apply(logits, float(unimix), noise, dtype, keep, start)
+    return sample.flatten(-2), carried
