@@ -96,7 +96,11 @@ def plot_published_results(runs: Path = RESULTS / "runs", out_dir: Path = RESULT
         "ant.png": (
             "Isaac-Ant-v0 (embedded), 4096 envs, one H100",
             100.0,
-            {"Dreamer": "ant-dreamer-s*", "PPO (rsl_rl)": "ant-ppo-s*"},
+            {
+                "Dreamer (7c3da88)": "ant-dreamer-s*",
+                "Dreamer (258e8e5, fast learner)": "ant-dreamer-fast-s*",
+                "PPO (rsl_rl)": "ant-ppo-s*",
+            },
         ),
         "cartpole.png": (
             "Isaac-Cartpole-v0 (embedded), 4096 envs, one H100",
