@@ -99,6 +99,7 @@ def plot_published_results(runs: Path = RESULTS / "runs", out_dir: Path = RESULT
             {
                 "Dreamer (7c3da88)": "ant-dreamer-s*",
                 "Dreamer (258e8e5, fast learner)": "ant-dreamer-fast-s*",
+                "Dreamer (258e8e5, train ratio 6)": "ant-dreamer-tr6-s*",
                 "PPO (rsl_rl)": "ant-ppo-s*",
             },
         ),
