@@ -1,4 +1,4 @@
-"""The Triton kernels of ``dreamer.world_model.fused_ops`` compute what the torch code computes.
+"""The Triton kernels (fused_ops, fused_sample, fused_action) compute what the torch code does.
 
 The kernels run on the CPU through Triton's interpreter, which must be switched on before Triton
 is imported. Other tests import the project (and so Triton) into pytest's process first, so all
@@ -210,6 +210,125 @@ def check_filter_uses_the_kernels() -> None:
         torch.testing.assert_close(g, e, rtol=0, atol=1e-5 * scale + 1e-6, msg=f"leaf {index}")
 
 
+def check_action(rows: int, actions: int, dtype: torch.dtype, bounds: tuple, used: str) -> None:
+    """The fused actor sample against TorchRL's ``TanhNormal`` rsample from the same seed:
+    values, the random stream it leaves, and the gradients of the outputs named in ``used``
+    (``s`` scale, ``a`` action, ``m`` the world model's scaled action). ``params`` is a column
+    slice of a wider tensor (strided rows); ``bounds`` not ``(-1, 1)`` run TanhNormal's affine map.
+    """
+    from torchrl.modules import TanhNormal
+
+    from dreamer.actor_critic.fused_action import (
+        STD_SHIFT,
+        action_noise,
+        sample_bounded_action,
+    )
+
+    torch.manual_seed(0)
+    wide = _leaf(torch.randn(rows, 2 * actions + 3) * 2, dtype)
+    low = torch.full((actions,), float(bounds[0]))
+    high = torch.full((actions,), float(bounds[1]))
+    weights = {k: torch.randn(rows, actions) for k in "sam"}
+
+    def objective(outputs):  # through a cast to dtype: both get gradients rounded alike
+        return sum((weights[k] * outputs[k].to(dtype).float()).sum() for k in used)
+
+    params = wide[:, 1 : 1 + 2 * actions]
+    torch.manual_seed(5)
+    noise = action_noise(params[:, :actions])
+    after_fused = torch.randn(3)
+    scale, action, scaled = sample_bounded_action(params, noise, low, high, 0.1, 1.0)
+    got = {"s": scale, "a": action, "m": scaled}
+    (got_grad,) = torch.autograd.grad(objective(got), wide)
+
+    reference_params = params.detach().float().requires_grad_()
+    loc, raw = reference_params.chunk(2, -1)
+    reference_scale = 0.9 * torch.sigmoid(raw + STD_SHIFT) + 0.1
+    reference_action = _reference_tanh_normal(loc, reference_scale, noise.float(), low, high, dtype)
+    expected = {
+        "s": reference_scale,
+        "a": reference_action,
+        "m": reference_action / reference_action.detach().abs().clamp_min(1),
+    }
+    expected_grad = torch.autograd.grad(objective(expected), reference_params)[0]
+    # TorchRL's own sample, in the params' dtype, from the same seed: the same draws.
+    torch.manual_seed(5)
+    torchrl_action = TanhNormal(
+        params[:, :actions].detach(), reference_scale.detach().to(dtype), low=low, high=high
+    ).rsample()
+    after_reference = torch.randn(3)
+    assert torch.equal(after_fused, after_reference), "the random stream moved differently"
+    if dtype == torch.float32:
+        torch.testing.assert_close(reference_action, torchrl_action, rtol=1e-6, atol=1e-7)
+    tolerance = TOLERANCE[dtype]
+    for key in "sam":
+        assert got[key].dtype == dtype
+        torch.testing.assert_close(got[key].float(), expected[key], **tolerance, msg=key)
+    full = torch.zeros(rows, 2 * actions + 3)
+    full[:, 1 : 1 + 2 * actions] = expected_grad
+    scale_of_grad = float(full.abs().max())
+    torch.testing.assert_close(
+        got_grad.float(), full, rtol=tolerance["rtol"], atol=tolerance["atol"] * scale_of_grad
+    )
+
+
+def _reference_tanh_normal(loc, scale, noise, low, high, dtype):
+    """TanhNormal's rsample with given noise in float32, through TorchRL's safe tanh (whose
+    gradient is ``1 - y^2`` also where it clamps) with the clamp of ``dtype``, where the kernel
+    clamps for its output dtype."""
+    from torchrl.modules.distributions.utils import safetanh
+
+    y = safetanh(loc + noise * scale, torch.finfo(dtype).resolution)
+    return (high + low) / 2 + (high - low) / 2 * y
+
+
+def check_dream_uses_the_action_kernel() -> None:
+    """The lean dream with the fused kernels (forced on for CPU tensors) matches TorchRL's
+    rollout through the actor's TanhNormal (``test_imagine``'s comparison and tolerances), and
+    its actor sample ran the action kernel at every step."""
+    from conftest import load_config
+    from test_imagine import HORIZON, dream
+    from toy_env import ToyBatchedEnv
+
+    from dreamer.actor_critic import fused_action
+    from dreamer.agent import build_agent
+    from dreamer.env.factory import add_episode_stats
+    from dreamer.policy.acting import add_acting_state
+    from dreamer.world_model import fused_ops
+    from dreamer.world_model.networks import model_size_from_config
+
+    cfg = load_config("profile=smoke")
+    cfg.compile.enabled = False
+    size = model_size_from_config(cfg.model)
+    agent = build_agent(cfg, add_acting_state(add_episode_stats(ToyBatchedEnv(6)), size, 2))
+    reference, reference_grads = dream(agent, False)
+    calls = {"n": 0}
+    original_use, original_sample = fused_ops.use_fused, fused_action.sample_bounded_action
+
+    def counted(*args):
+        calls["n"] += 1
+        return original_sample(*args)
+
+    from dreamer.actor_critic import actor
+
+    fused_ops.use_fused = lambda *tensors: True
+    actor.sample_bounded_action = counted
+    try:
+        lean, lean_grads = dream(agent, True)
+    finally:
+        fused_ops.use_fused, actor.sample_bounded_action = original_use, original_sample
+    assert calls["n"] == HORIZON, calls
+    assert set(lean.keys(True, True)) == set(reference.keys(True, True))
+    for key in reference.keys(True, True):
+        torch.testing.assert_close(lean.get(key), reference.get(key), rtol=1e-5, atol=1e-5)
+    assert set(lean_grads) == set(reference_grads)
+    for key, expected in reference_grads.items():
+        scale = float(expected.abs().max())
+        torch.testing.assert_close(
+            lean_grads[key], expected, rtol=1e-4, atol=1e-5 * scale + 1e-6, msg=key
+        )
+
+
 F32, BF16 = torch.float32, torch.bfloat16
 CASES = {
     "gru_12m_fp32": (check_gru, (16, 8, 256, F32, "dense")),
@@ -233,6 +352,11 @@ CASES = {
     "sample_carried_odd_bf16": (check_sample, ((5, 7, 11), BF16, 0.0, True)),
     "sample_autocast_float32": (check_sample_under_autocast, ()),
     "filter_uses_the_kernels": (check_filter_uses_the_kernels, ()),
+    "action_fp32_all_outputs": (check_action, (16, 8, F32, (-1, 1), "sam")),
+    "action_fp32_action_only": (check_action, (7, 3, F32, (-1, 1), "a")),
+    "action_fp32_scaled_only_wide_bounds": (check_action, (33, 5, F32, (-2.5, 1.5), "m")),
+    "action_bf16_scale_and_action": (check_action, (16, 8, BF16, (-1, 1), "sa")),
+    "dream_uses_the_action_kernel": (check_dream_uses_the_action_kernel, ()),
 }
 
 

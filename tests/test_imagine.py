@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from contextlib import nullcontext
 from pathlib import Path
@@ -75,6 +76,10 @@ def test_lean_rollout_matches_torchrl_rollout(toy_agent, hold_out_world_model):
         torch.testing.assert_close(lean_grads[key], expected, rtol=1e-4, atol=1e-6, msg=key)
 
 
+@pytest.mark.skipif(
+    os.environ.get("TRITON_INTERPRET") == "1",
+    reason="Triton's interpreter emulates each kernel with dozens of ATen copies of its arguments",
+)
 def test_lean_rollout_launches_fewer_ops(toy_agent):
     """The point of the lean loop: fewer ops (kernels on a GPU) for the same dream."""
     _, agent = toy_agent

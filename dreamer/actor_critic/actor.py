@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tensordict.nn import (
     InteractionType,
@@ -9,9 +11,12 @@ from tensordict.nn import (
     ProbabilisticTensorDictSequential,
     TensorDictModule,
 )
+from tensordict.nn.probabilistic import interaction_type
 from torch import nn
 from torchrl.modules import TanhNormal
 
+from dreamer.actor_critic.fused_action import STD_SHIFT, action_noise, sample_bounded_action
+from dreamer.world_model import fused_ops
 from dreamer.world_model.deferred_grads import DeferredLayers
 from dreamer.world_model.fast_layers import run_layers
 from dreamer.world_model.networks import ModelSize
@@ -44,8 +49,25 @@ class BoundedNormalParams(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         features = run_layers(self.loop_layers, (state, belief), self.deferred)
         loc, raw_scale = features.chunk(2, -1)
-        scale = (self.max_std - self.min_std) * torch.sigmoid(raw_scale + 2.0) + self.min_std
+        scale = (self.max_std - self.min_std) * torch.sigmoid(raw_scale + STD_SHIFT) + self.min_std
         return loc, scale
+
+    def sample(
+        self, state: torch.Tensor, belief: torch.Tensor, low: torch.Tensor, high: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """What the actor's TanhNormal draws at random from ``[N, ...]`` states, with the fused
+        kernel of :mod:`~dreamer.actor_critic.fused_action` (CUDA, or Triton's interpreter).
+
+        Returns the entries the actor writes (``loc``, ``scale``, ``action``) and the action as
+        the world model scales it (``action / max(|action|, 1)``).
+        """
+        features = run_layers(self.loop_layers, (state, belief), self.deferred)
+        loc = features[..., : features.shape[-1] // 2]
+        noise = action_noise(loc)
+        scale, action, scaled = sample_bounded_action(
+            features, noise, low, high, self.min_std, self.max_std
+        )
+        return {"loc": loc, "scale": scale, "action": action}, scaled
 
 
 def make_actor(
@@ -71,3 +93,40 @@ def make_actor(
         return_log_prob=False,
     )
     return ProbabilisticTensorDictSequential(params, dist).to(device)
+
+
+ActionSampler = Callable[[torch.Tensor, torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]]
+
+
+def fused_action_sampler(policy: nn.Module, like: torch.Tensor) -> ActionSampler | None:
+    """``(state, belief) -> (entries, scaled action)`` drawing what ``policy`` would draw now,
+    through the fused action kernel, when ``policy`` is :func:`make_actor`'s actor, it samples at
+    random (the current interaction type, or its default) and the fused kernels run on ``like``'s
+    device; else None, and the caller runs the policy module itself.
+
+    The draws are those of ``policy(td)``, in the same order (one standard-normal tensor per
+    call): a dream with either gives the same trajectory (``tests/test_imagine.py``).
+    """
+    if not (isinstance(policy, ProbabilisticTensorDictSequential) and fused_ops.use_fused(like)):
+        return None
+    params, dist = policy.module[0], policy.module[-1]
+    if len(policy.module) != 2 or not isinstance(params, TensorDictModule):
+        return None
+    head = params.module
+    kwargs = getattr(dist, "distribution_kwargs", {})
+    mode = interaction_type() or getattr(dist, "default_interaction_type", None)
+    fits = (
+        isinstance(head, BoundedNormalParams)
+        and list(params.in_keys) == ["state", "belief"]
+        and list(params.out_keys) == ["loc", "scale"]
+        and isinstance(dist, ProbabilisticTensorDictModule)
+        and dist.distribution_class is TanhNormal
+        and set(kwargs) == {"low", "high"}
+        and list(dist.out_keys) == ["action"]
+        and not dist.return_log_prob
+        and mode is InteractionType.RANDOM
+    )
+    if not fits:
+        return None
+    low, high = kwargs["low"], kwargs["high"]
+    return lambda state, belief: head.sample(state, belief, low, high)

@@ -8,7 +8,9 @@ reward head runs once on all imagined states after the loop, and the weight grad
 layers that want one (the actor's MLP and, outside TorchRL's actor loss, which holds the world
 model out, the GRU and prior head) are computed once per layer after the loop's backward pass
 (:mod:`dreamer.world_model.deferred_grads`). On a GPU, where the update's time is set by its
-number of kernels, this removes a few hundred of them per update.
+number of kernels, this removes a few hundred of them per update. Where the fused kernels run,
+the actor's TanhNormal sample is one kernel instead of TorchRL's distribution module
+(:func:`~dreamer.actor_critic.actor.fused_action_sampler`).
 
 It returns what ``rollout(..., auto_reset=False, break_when_any_done=False)`` returns, with the
 same random draws in the same order (actor sample, then prior sample, at every step), so values
@@ -22,6 +24,7 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
 
+from dreamer.actor_critic.actor import fused_action_sampler
 from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype, worth_deferring
 from dreamer.world_model.fast_layers import linear_layers, norm_scales
 from dreamer.world_model.rssm_parts import PriorParts
@@ -61,13 +64,20 @@ def imagine(
         deferred = DeferredLayers(layers, compute_dtype(state), norms)
         state, belief = deferred.anchor(state, belief)
     batch = start.batch_size
+    sampler = fused_action_sampler(policy, state)
+    scaled = sampler is not None  # the sampler also gives the action as the world model scales it
     visited = []
     try:
         for head in heads:
             head.deferred = deferred
         for _ in range(steps):
-            step = policy(TensorDict({"state": state, "belief": belief}, batch))
-            state, belief = imagine_step(parts, state, belief, step.get("action"), deferred)
+            if sampler is None:
+                step = policy(TensorDict({"state": state, "belief": belief}, batch))
+                action = step.get("action")
+            else:
+                entries, action = sampler(state, belief)
+                step = TensorDict({"state": state, "belief": belief, **entries}, batch)
+            state, belief = imagine_step(parts, state, belief, action, deferred, scaled)
             visited.append(step.set(("next", "state"), state).set(("next", "belief"), belief))
     finally:
         for head in heads:

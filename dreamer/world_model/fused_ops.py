@@ -11,6 +11,7 @@ filter and the 15-step imagination run these chains at every step of both passes
   :func:`gru_gate_update_carried` also writes the filter's next input (the belief carried on, or
   replaced at a segment start).
 * :mod:`dreamer.world_model.fused_sample`: the straight-through latent sample.
+* :mod:`dreamer.actor_critic.fused_action`: the actor's bounded tanh-normal sample in the dream.
 
 Both compute in float32 and store in the tensors' own dtypes. Host side they only allocate
 through torch and launch on the current stream: no syncs, so they can be captured in a CUDA

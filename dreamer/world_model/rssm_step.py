@@ -31,12 +31,20 @@ UPDATE_BIAS = -1.0
 
 
 def action_features(
-    parts: PriorParts, action: torch.Tensor, deferred: DeferredLayers | None = None
+    parts: PriorParts,
+    action: torch.Tensor,
+    deferred: DeferredLayers | None = None,
+    scaled: bool = False,
 ) -> torch.Tensor:
-    """The block GRU's action branch for actions of any leading shape: ``[..., A] -> [..., H]``."""
+    """The block GRU's action branch for actions of any leading shape: ``[..., A] -> [..., H]``.
+
+    ``scaled``: ``action`` is already ``action / max(|action|, 1)`` (the fused actor sample
+    writes it, :mod:`dreamer.actor_critic.fused_action`).
+    """
     if not action.is_floating_point():  # one-hot action specs give bool actions
         action = action.to(torch.get_default_dtype())
-    action = action / action.detach().abs().clamp_min(1)
+    if not scaled:
+        action = action / action.detach().abs().clamp_min(1)
     return run_layers(parts.action_projection, action, deferred)
 
 
@@ -273,12 +281,14 @@ def imagine_step(
     belief: torch.Tensor,
     action: torch.Tensor,
     deferred: DeferredLayers | None = None,
+    scaled: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One imagined step: the prior's sampled next state and its belief (``RSSMPriorV3.forward``).
 
     With ``deferred`` (made from :func:`gru_layers` and the prior head's layers), the layers'
-    weight gradients are left to it."""
-    belief = gru_step(parts, state, belief, action_features(parts, action, deferred), deferred)
+    weight gradients are left to it. ``scaled``: as :func:`action_features`'."""
+    action = action_features(parts, action, deferred, scaled)
+    belief = gru_step(parts, state, belief, action, deferred)
     logits = prior_logits(parts, belief, deferred)
     sample = straight_through_sample(logits, parts.unimix, race_noise(logits.shape, logits))
     return sample.flatten(-2), belief
