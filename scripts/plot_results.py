@@ -99,14 +99,19 @@ def plot_published_results(runs: Path = RESULTS / "runs", out_dir: Path = RESULT
             {
                 "Dreamer (7c3da88)": "ant-dreamer-s*",
                 "Dreamer (258e8e5, fast learner)": "ant-dreamer-fast-s*",
-                "Dreamer (258e8e5, train ratio 6)": "ant-dreamer-tr6-s*",
+                "Dreamer (258e8e5 / 5f30388, train ratio 6)": "ant-dreamer-tr6-s*",
                 "PPO (rsl_rl)": "ant-ppo-s*",
             },
         ),
         "cartpole.png": (
             "Isaac-Cartpole-v0 (embedded), 4096 envs, one H100",
             None,
-            {"Dreamer": "cartpole-dreamer-s*", "PPO (rsl_rl)": "cartpole-ppo-s*"},
+            {
+                "Dreamer (7c3da88)": "cartpole-dreamer-s*",
+                "Dreamer (5f30388, train ratio 3)": "cartpole-dreamer-fast-tr3-s*",
+                "Dreamer (5f30388, train ratio 6)": "cartpole-dreamer-fast-tr6-s*",
+                "PPO (rsl_rl)": "cartpole-ppo-s*",
+            },
         ),
     }
     written = []

@@ -40,7 +40,7 @@ def test_default_profile_is_the_tuned_one_gpu_run():
     cfg = load_config("task=Isaac-Ant-v0")
     validate_config(cfg)
     assert (cfg.env.num_envs, cfg.batch_size, cfg.batch_length) == (4096, 64, 64)
-    assert cfg.pipeline.mode == "async" and cfg.train_ratio == 3
+    assert cfg.pipeline.mode == "async" and cfg.train_ratio == 6
     assert cfg.optim.world_model_lr == 1e-4 and cfg.optim.warmup_steps == 100
     cpu = load_config("task=Isaac-Ant-v0", "profile=cpu")
     validate_config(cpu)
