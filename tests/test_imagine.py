@@ -95,3 +95,28 @@ def test_other_rollouts_stay_torchrl(toy_agent):
     out = agent.model_env.rollout(3, auto_reset=False, tensordict=start, break_when_any_done=False)
     assert out.batch_size == (3, 3)
     assert out["action"].shape[-1] == agent.model_env.action_spec.shape[-1]
+
+
+def test_the_fused_action_sampler_stands_in_only_for_random_draws_of_our_actor(monkeypatch):
+    """The dream takes the fused actor sample only where it draws what the policy module would:
+    our actor, sampling at random, on tensors the fused kernels run on."""
+    from tensordict.nn import TensorDictModule
+
+    from dreamer.actor_critic.actor import fused_action_sampler, make_actor
+    from dreamer.world_model import fused_ops
+    from dreamer.world_model.networks import ModelSize
+
+    size = ModelSize(
+        deter=16, hidden=8, units=8, depth=1, num_categoricals=2, num_classes=4, num_blocks=2
+    )
+    actor, like = make_actor(size, 3), torch.zeros(2, 8)
+    assert fused_action_sampler(actor, like) is None, "CPU tensors run the policy module"
+    monkeypatch.setattr(fused_ops, "use_fused", lambda *tensors: True)
+    assert fused_action_sampler(actor, like) is not None, "the default interaction is random"
+    with set_exploration_type(ExplorationType.RANDOM):
+        assert fused_action_sampler(actor, like) is not None
+    for other in (ExplorationType.DETERMINISTIC, ExplorationType.MODE, ExplorationType.MEAN):
+        with set_exploration_type(other):
+            assert fused_action_sampler(actor, like) is None, other
+    plain = TensorDictModule(torch.nn.Linear(8, 3), in_keys=["state"], out_keys=["action"])
+    assert fused_action_sampler(plain, like) is None

@@ -105,7 +105,8 @@ def fused_action_sampler(policy: nn.Module, like: torch.Tensor) -> ActionSampler
     device; else None, and the caller runs the policy module itself.
 
     The draws are those of ``policy(td)``, in the same order (one standard-normal tensor per
-    call): a dream with either gives the same trajectory (``tests/test_imagine.py``).
+    call, from torch's default generator, which is what :func:`make_actor`'s module draws from):
+    a dream with either gives the same trajectory (``tests/test_imagine.py``).
     """
     if not (isinstance(policy, ProbabilisticTensorDictSequential) and fused_ops.use_fused(like)):
         return None
