@@ -110,7 +110,9 @@ def test_the_fused_action_sampler_stands_in_only_for_random_draws_of_our_actor(m
         deter=16, hidden=8, units=8, depth=1, num_categoricals=2, num_classes=4, num_blocks=2
     )
     actor, like = make_actor(size, 3), torch.zeros(2, 8)
-    assert fused_action_sampler(actor, like) is None, "CPU tensors run the policy module"
+    # (set both ways: under Triton's interpreter the kernels also run on CPU tensors)
+    monkeypatch.setattr(fused_ops, "use_fused", lambda *tensors: False)
+    assert fused_action_sampler(actor, like) is None, "without the kernels, the policy module"
     monkeypatch.setattr(fused_ops, "use_fused", lambda *tensors: True)
     assert fused_action_sampler(actor, like) is not None, "the default interaction is random"
     with set_exploration_type(ExplorationType.RANDOM):
