@@ -5,9 +5,9 @@ bounds (:class:`~dreamer.actor_critic.actor.BoundedNormalParams`), then TorchRL'
 ``rsample`` (``loc + eps * scale``, a clamped tanh, and, inside a CUDA graph, where TanhNormal
 cannot check its bounds on the host, an affine map to ``[low, high]`` whose centre and half-width
 it recomputes on every call), then the world model's action scaling ``a / max(|a|, 1)``
-(:func:`~dreamer.world_model.rssm_step.action_features`). That is about 17 element-wise kernels
-forward and 10 backward on ``[N, A]`` values per step, on the imagination's critical path; here
-it is one each way (plus the noise draw).
+(:func:`~dreamer.world_model.rssm_step.action_features`): element-wise kernels on ``[N, A]``
+values at every step, on the imagination's critical path. Here it is one kernel each way (plus
+the noise draw); the update lost 24 kernels per imagined step with it (docs/benchmarks.md).
 
 The maths is TorchRL's (``tests/test_fused_ops.py`` runs the kernels through Triton's
 interpreter against it; ``tests/test_imagine.py`` the whole dream). The noise is drawn by the
@@ -39,9 +39,9 @@ if triton is not None:
     @triton.jit
     def _action_inputs(features, noise, low, high, total, actions, p_s0, p_s1, n_s0, n_s1,
                        min_std, std_range, std_shift, limit, BLOCK: tl.constexpr):  # fmt: skip
-        """This program's elements of ``[N, A]``: flat index, mask, row, column, loc, the
-        sigmoid of the shifted raw std, the noise, the bounds' centre and half-width, and the
-        clamped tanh ``y`` of the normal sample, in float32."""
+        """This program's elements of ``[N, A]``: flat index, mask, row, column, the sigmoid of
+        the shifted raw std, the noise, the bounds' centre and half-width, and the clamped tanh
+        ``y`` of the normal sample, in float32."""
         index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = index < total
         row, column = index // actions, index % actions
