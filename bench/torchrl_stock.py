@@ -19,8 +19,10 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModule, TensorDictSequential
 from torchrl.modules import RSSMRolloutV3
 from torchrl.objectives import (
+    DreamerV3ActorLoss,
     DreamerV3Loss,
     DreamerV3ModelLoss,
+    DreamerV3ValueLoss,
     SoftUpdate,
 )
 
@@ -107,8 +109,9 @@ def build_stock_learner(cfg, env, size: ModelSize) -> StockLearner:
     actor = make_actor(size, action_dim, device)
     critic = make_critic(value_mlp, size).to(device)
     model_env = make_imagination_env(prior, reward_head, two_hot, env, size.stoch, size.deter)
-    # Actor, critic, objective and optimizer exactly as ours: the learners differ only in how the
-    # world model runs its sequence (RSSMRolloutV3 here) and in how an update is executed.
+    # Actor, critic, objective and optimizer as ours, with TorchRL's own loss classes (ours only
+    # compute the lambda-returns faster): the learners differ in how the world model runs its
+    # sequence (RSSMRolloutV3 here) and in how an update is executed.
     loss, optimizer, target_updater = make_objective(
         cfg,
         size,
@@ -119,6 +122,7 @@ def build_stock_learner(cfg, env, size: ModelSize) -> StockLearner:
         continue_head,
         (encoder, prior, posterior, decoder, reward_head, continue_head),
         device,
+        loss_classes=(DreamerV3ActorLoss, DreamerV3ValueLoss),
     )
     return StockLearner(loss, optimizer, target_updater)
 

@@ -20,6 +20,7 @@ from torchrl.trainers.algorithms import DreamerV3Optimizer
 
 from dreamer.actor_critic.actor import make_actor
 from dreamer.actor_critic.critic import make_critic, make_value_mlp
+from dreamer.actor_critic.losses import DreamerActorLoss, DreamerValueLoss
 from dreamer.imagination.model_env import FeatureHead, make_imagination_env
 from dreamer.policy.acting import make_acting_policy
 from dreamer.world_model.model import WorldModel
@@ -174,16 +175,24 @@ def make_objective(
     continue_head: nn.Module,
     world_modules: tuple[nn.Module, ...],
     device: torch.device,
+    loss_classes: tuple[type[DreamerV3ActorLoss], type[DreamerV3ValueLoss]] = (
+        DreamerActorLoss,
+        DreamerValueLoss,
+    ),
 ) -> tuple[DreamerV3Loss, DreamerV3Optimizer, SoftUpdate]:
     """From ``cfg``: actor and critic losses on imagination, the composed DreamerV3 objective on
-    ``device``, its optimizer (world-model, actor and critic groups) and the slow-critic EMA."""
+    ``device``, its optimizer (world-model, actor and critic groups) and the slow-critic EMA.
+
+    ``loss_classes``: the actor and critic loss classes; ours compute their lambda-returns in one
+    kernel (:mod:`dreamer.actor_critic.losses`), TorchRL's own are the stock baseline's."""
+    actor_loss_class, value_loss_class = loss_classes
     loss_cfg = cfg.loss
     continuation = TensorDictModule(
         FeatureHead(continue_head, nn.Sigmoid()),
         in_keys=["state", "belief"],
         out_keys=["continuation"],
     )
-    actor_loss = DreamerV3ActorLoss(
+    actor_loss = actor_loss_class(
         actor,
         critic,
         model_env,
@@ -195,7 +204,7 @@ def make_objective(
     actor_loss.make_value_estimator(
         ValueEstimators.TDLambda, gamma=loss_cfg.gamma, lmbda=loss_cfg.lmbda
     )
-    value_loss = DreamerV3ValueLoss(
+    value_loss = value_loss_class(
         critic,
         value_loss="two_hot",
         num_value_bins=size.num_bins,

@@ -26,6 +26,40 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     return {**os.environ, **extra, "PYTHONPATH": path}
 
 
+def check_cases(cases: dict) -> dict[str, str]:
+    """Run each ``name: (check, args)`` kernel case under Triton's interpreter; each outcome is
+    ``"ok"`` or its traceback. A test file that is also a script prints this as JSON, and its
+    tests read it through :func:`interpreted_outcomes`."""
+    import traceback
+
+    assert os.environ.get("TRITON_INTERPRET") == "1"  # set before this process imported triton
+    results = {}
+    for name, (check, args) in cases.items():
+        try:
+            check(*args)
+            results[name] = "ok"
+        except Exception:
+            results[name] = traceback.format_exc()
+    return results
+
+
+def interpreted_outcomes(script: str | Path) -> dict[str, str]:
+    """Run ``script`` (printing :func:`check_cases`' JSON last) with ``TRITON_INTERPRET=1``, in a
+    subprocess: the switch must be set before triton is imported, and pytest's process has."""
+    import json
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env=subprocess_env(TRITON_INTERPRET="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
 def execute_notebook(name: str) -> list:
     """Run ``notebooks/<name>`` top to bottom (a cell error raises); return its code outputs."""
     import nbformat

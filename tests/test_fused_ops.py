@@ -11,15 +11,12 @@ their single rounding. Sample indices must equal torch's ``argmax`` exactly.
 """
 
 import json
-import os
-import subprocess
 import sys
-import traceback
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import subprocess_env
+from conftest import check_cases, interpreted_outcomes
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = {torch.float32: {"rtol": 1e-5, "atol": 1e-6}, torch.bfloat16: {"rtol": 1.6e-2, "atol": 1e-5}}  # fmt: skip
@@ -362,25 +359,13 @@ CASES = {
 
 def run_cases() -> dict[str, str]:
     """Every case's outcome: ``"ok"`` or its traceback."""
-    assert os.environ.get("TRITON_INTERPRET") == "1" and "triton" not in sys.modules
-    results = {}
-    for name, (check, args) in CASES.items():
-        try:
-            check(*args)
-            results[name] = "ok"
-        except Exception:
-            results[name] = traceback.format_exc()
-    return results
+    assert "triton" not in sys.modules
+    return check_cases(CASES)
 
 
 @pytest.fixture(scope="module")
 def interpreted() -> dict[str, str]:
-    env = subprocess_env(TRITON_INTERPRET="1")
-    done = subprocess.run(
-        [sys.executable, __file__], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    return json.loads(done.stdout.splitlines()[-1])
+    return interpreted_outcomes(__file__)
 
 
 @pytest.mark.parametrize("case", CASES)
