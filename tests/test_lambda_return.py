@@ -29,9 +29,14 @@ DEVICE = "cpu"
 HORIZON, LMBDA = 333.0, 0.95
 
 
+def estimator_holder(gamma: torch.Tensor, lmbda: torch.Tensor) -> SimpleNamespace:
+    """A stand-in actor loss that holds only the value estimator's discount and lambda."""
+    return SimpleNamespace(value_estimator=SimpleNamespace(gamma=gamma, lmbda=lmbda))
+
+
 def torchrl_dream_returns(reward, value, continuation, gamma, lmbda):
-    """TorchRL's loop, run as the method of a stand-in loss that holds only the estimator."""
-    holder = SimpleNamespace(value_estimator=SimpleNamespace(gamma=gamma, lmbda=lmbda))
+    """TorchRL's loop, run as the method of a stand-in loss (:func:`estimator_holder`)."""
+    holder = estimator_holder(gamma, lmbda)
     return DreamerV3ActorLoss.lambda_target(holder, reward, value, continuation)
 
 
@@ -163,7 +168,7 @@ def check_actor_loss_uses_the_kernel() -> None:
     from dreamer.actor_critic.losses import DreamerActorLoss
 
     gamma, lmbda = torch.tensor(0.99, device=DEVICE), torch.tensor(LMBDA, device=DEVICE)
-    holder = SimpleNamespace(value_estimator=SimpleNamespace(gamma=gamma, lmbda=lmbda))
+    holder = estimator_holder(gamma, lmbda)
     _, inputs = dream_inputs(4, 5, torch.float32, False)
     got = DreamerActorLoss.lambda_target(holder, *inputs)
     assert "DreamReturns" in type(got.grad_fn).__name__, type(got.grad_fn).__name__
@@ -202,7 +207,7 @@ def test_off_the_kernels_the_losses_are_torchrl_bitwise():
     from dreamer.actor_critic.losses import DreamerActorLoss
 
     gamma, lmbda = torch.tensor(0.99), torch.tensor(LMBDA)
-    holder = SimpleNamespace(value_estimator=SimpleNamespace(gamma=gamma, lmbda=lmbda))
+    holder = estimator_holder(gamma, lmbda)
     _, inputs = dream_inputs(4, 5, torch.float32, False)
     got = DreamerActorLoss.lambda_target(holder, *inputs)
     assert torch.equal(got, torchrl_dream_returns(*inputs, gamma, lmbda))

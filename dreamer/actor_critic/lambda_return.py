@@ -187,10 +187,10 @@ def replay_lambda_returns(
     restarted from it where ``done``. Inputs ``[B, T]`` or ``[B, T, 1]``.
     """
     steps = reward.shape[1]
-    inputs = [_rows_by_time(x.detach(), steps) for x in (reward, done, terminated, bootstrap)]
-    if not use_fused(*inputs):
-        r, d, e, b = (x.unsqueeze(-1) for x in inputs)
-        d, e = d.bool(), e.bool()
+    if not use_fused(reward, done, terminated, bootstrap):
+        r, d, e, b = (
+            x.detach().reshape(-1, steps, 1) for x in (reward, done, terminated, bootstrap)
+        )
         capturing = r.is_cuda and torch.cuda.is_current_stream_capturing()
         # TorchRL's choice: its vectorised form sizes trajectories on the host.
         estimate = td_lambda_return_estimate if capturing else vec_td_lambda_return_estimate
@@ -203,7 +203,7 @@ def replay_lambda_returns(
             terminated=e[:, 1:],
         )
         return returns.squeeze(-1)
-    r, d, e, b = inputs
+    r, d, e, b = (_rows_by_time(x.detach(), steps) for x in (reward, done, terminated, bootstrap))
     rows = r.shape[0]
     out = torch.empty(rows, steps - 1, dtype=torch.promote_types(r.dtype, b.dtype), device=r.device)
     if rows and steps > 1:
