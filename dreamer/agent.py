@@ -23,6 +23,7 @@ from dreamer.actor_critic.critic import make_critic, make_value_mlp
 from dreamer.actor_critic.losses import DreamerActorLoss, DreamerValueLoss
 from dreamer.imagination.model_env import FeatureHead, make_imagination_env
 from dreamer.policy.acting import make_acting_policy
+from dreamer.training.flat_optimizer import flatten_parameters
 from dreamer.world_model.model import WorldModel
 from dreamer.world_model.networks import (
     ModelSize,
@@ -236,4 +237,7 @@ def make_objective(
         warmup_steps=opt.warmup_steps,
         eps=opt.eps,
     )
+    # Before anything records a parameter's address (the acting policy's CUDA graph): the
+    # learner's optimizer step then runs as three kernels over the one buffer.
+    flatten_parameters(optimizer)
     return loss, optimizer, target_updater

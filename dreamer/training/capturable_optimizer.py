@@ -25,17 +25,17 @@ def init_optimizer_state(optimizer: DreamerV3Optimizer) -> None:
                 state["momentum"] = torch.zeros_like(parameter, dtype=torch.float32)
 
 
-def device_step_counters(optimizer: DreamerV3Optimizer) -> list[torch.Tensor]:
-    """One float32 device tensor per param group holding its current step count."""
-    return [
-        torch.tensor(float(group["step"]), device=group["params"][0].device)
-        for group in optimizer.param_groups
-    ]
+def device_step_counters(optimizer: DreamerV3Optimizer) -> torch.Tensor:
+    """The param groups' current step counts, ``[groups]`` float32 on the parameters' device
+    (one kernel advances them all in :class:`~dreamer.training.flat_optimizer.FlatOptimizerStep`)."""
+    counts = [float(group["step"]) for group in optimizer.param_groups]
+    return torch.tensor(counts, device=optimizer.param_groups[0]["params"][0].device)
 
 
 @torch.no_grad()
-def optimizer_step(optimizer: DreamerV3Optimizer, steps: list[torch.Tensor]) -> None:
-    """One DreamerV3 update of every parameter that has a gradient; advances ``steps`` in place.
+def optimizer_step(optimizer: DreamerV3Optimizer, steps: torch.Tensor) -> None:
+    """One DreamerV3 update of every parameter that has a gradient; advances ``steps`` (from
+    :func:`device_step_counters`) in place.
 
     Call :func:`init_optimizer_state` once before the first call. The host-side ``group["step"]``
     is not touched here (a captured graph cannot); the caller advances it alongside.

@@ -26,19 +26,26 @@ def loss_terms(losses: TensorDictBase) -> dict[str, torch.Tensor]:
     }
 
 
+def gradient_norm(optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """The global 2-norm of every gradient the optimizer's parameters hold."""
+    grads = [p.grad for group in optimizer.param_groups for p in group["params"]]
+    return torch.nn.utils.get_total_norm([g for g in grads if g is not None])
+
+
 def update_step(
     agent: Agent,
     sequences: TensorDictBase,
     *,
-    step_optimizer: Callable[[], None] | None = None,
+    step_optimizer: Callable[[], torch.Tensor] | None = None,
     mixed_precision: bool = False,
     grad_hook: Callable[[Agent], None] | None = None,
     side_stream: torch.cuda.Stream | None = None,
 ) -> TensorDictBase:
     """Compute all DreamerV3 losses on ``[B, T]`` sequences, backprop once, step, EMA the critic.
 
-    ``step_optimizer`` replaces ``agent.optimizer.step`` (the CUDA-graph learner passes its
-    device-counter step); ``mixed_precision`` runs the losses under bf16 autocast on CUDA;
+    ``step_optimizer`` replaces ``agent.optimizer.step`` and returns the gradients' global norm
+    (the CUDA-graph learner passes its device-counter step, :func:`gradient_norm` before it or
+    the flat step, which sums the squares on its way); ``mixed_precision`` runs the losses under bf16 autocast on CUDA;
     ``grad_hook(agent)`` runs between backward and the optimizer step (the data-parallel
     learner averages gradients there); ``side_stream`` runs the actor and critic losses beside
     the world model's (:mod:`dreamer.training.concurrent_loss`). Returns the detached loss and metric entries (no host
@@ -53,10 +60,12 @@ def update_step(
     total.backward()
     if grad_hook is not None:
         grad_hook(agent)
-    grads = [p.grad for group in agent.optimizer.param_groups for p in group["params"]]
     # The loss terms can all be finite while a gradient is not; the guard watches this norm too.
-    grad_norm = torch.nn.utils.get_total_norm([g for g in grads if g is not None])
-    (step_optimizer or agent.optimizer.step)()
+    if step_optimizer is None:
+        grad_norm = gradient_norm(agent.optimizer)
+        agent.optimizer.step()
+    else:
+        grad_norm = step_optimizer()
     agent.target_updater.step()
     metrics = losses.exclude("replay_context").detach()
     metrics.set("loss_total", total.detach())
