@@ -67,9 +67,13 @@ def gradients(step: int, parameters: list[nn.Parameter]) -> list[torch.Tensor | 
     ]
 
 
-def check_matches_torchrl(steps: int = 3) -> None:
+def check_matches_torchrl(steps: int = 3, first_step: int = 0) -> None:
+    """``steps`` steps of both optimizers, their step counts starting at ``first_step`` (late in
+    a run the bias corrections' powers underflow; TorchRL takes them in Python floats)."""
     ours, optimizer = three_groups(0)
     theirs, reference = three_groups(0)
+    for group in [*optimizer.param_groups, *reference.param_groups]:
+        group["step"] = first_step
     assert flatten_parameters(optimizer)
     init_optimizer_state(optimizer)
     flat = FlatOptimizerStep.create(optimizer, device_step_counters(optimizer))
@@ -95,7 +99,7 @@ def check_matches_torchrl(steps: int = 3) -> None:
                 )
     assert torch.equal(ours[3].detach(), untouched)  # no gradient: not updated
     assert not optimizer.state[ours[3]]["momentum"].any()
-    assert torch.equal(flat.steps.cpu(), torch.full((3,), float(steps)))
+    assert torch.equal(flat.steps.cpu(), torch.full((3,), float(first_step + steps)))
 
 
 def check_state_views_survive_the_steps() -> None:
@@ -143,6 +147,9 @@ def check_graphed_update_takes_the_flat_step() -> None:
 CASES = {
     "flat_step_matches_torchrl": (check_matches_torchrl, ()),
     "one_step_from_zero": (check_matches_torchrl, (1,)),
+    # beta1 ** step underflows float32 from step ~830 (0.9), beta2 ** step from ~87,000 (0.999)
+    "late_steps": (check_matches_torchrl, (2, 1_000)),
+    "very_late_steps": (check_matches_torchrl, (2, 200_000)),
     "state_dict_reads_the_flat_state": (check_state_views_survive_the_steps, ()),
 }
 # The learner's CPU tests build their agent on the CPU: the kernels run there only interpreted.

@@ -288,11 +288,16 @@ if triton is not None:
 
     @triton.jit
     def _one_minus_power(log_base, exponent):
-        """``1 - base ** exponent`` without the cancellation near 1: ``-expm1(exponent * log_base)``
-        by Kahan's ``(u - 1) x / log(u)``, accurate to a few ulps (Triton has no ``expm1``)."""
+        """``1 - base ** exponent`` without the cancellation near 1: ``-expm1(exponent * log_base)``,
+        by Kahan's ``(u - 1) x / log(u)`` where ``u = exp(x)`` is near 1 (Triton has no ``expm1``)
+        and plainly ``1 - u`` elsewhere, where nothing cancels and ``u`` may underflow to 0 (for
+        beta 0.9 from step 830 or so: ``log(0)`` there made the step infinite)."""
         x = exponent * log_base
         u = tl.exp(x)
-        return -tl.where(u == 1.0, x, (u - 1.0) * x / tl.log(u))
+        near_one = tl.abs(x) < 0.5
+        safe = tl.where(near_one & (u != 1.0), u, 0.5)  # keeps log(u) finite and non-zero
+        kahan = tl.where(u == 1.0, x, (safe - 1.0) * x / tl.log(safe))
+        return -tl.where(near_one, kahan, u - 1.0)
 
     @triton.jit
     def _apply_update(
