@@ -73,8 +73,11 @@ if __name__ == "__main__":
     torch.testing.assert_close(
         grad_x, torch.autograd.grad(reference(x, held_out, 1e-4).sum(), x)[0]
     )
-    # Several rows per backward program, the last program's run cut short (257 = 86 * 3 - 1).
+    # Several rows per backward program, the last program's tile cut short (257 rows: tiles of
+    # 4, the last holding one row); the imagination's shape (tiles of 8 rows of 512).
     check(37, torch.float32, True, rows=257)
+    check(512, torch.float32, True, rows=1024)
+    check(512, torch.bfloat16, False, rows=1000)
     # A gradient that is a column slice of a wider one (the output concatenated with another) is
     # read with its row stride.
     x = torch.randn(6, 37, requires_grad=True)
