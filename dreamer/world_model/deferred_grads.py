@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from dreamer.world_model.skinny_matmul import skinny_matmul, use_skinny
+
 # Deferring keeps every step's output gradient until the loop's backward ends (plus one
 # concatenated copy). With few rows per step that is small and the per-step kernels it saves are
 # launch-bound; with many rows each per-step matmul is efficient on its own and the kept
@@ -94,6 +96,8 @@ class _DeferredMatmul(torch.autograd.Function):
         x = x.to(weight.dtype)
         if block:  # [blocks, N, i] @ [blocks, i, o] + bias[blocks, 1, o]
             out = torch.bmm(x, weight) if bias is None else torch.baddbmm(bias, x, weight)
+        elif use_skinny(x, weight):  # the filter's few rows: one kernel, not cuBLAS's two
+            out = skinny_matmul(x, weight.t(), bias)
         else:
             out = F.linear(x, weight, bias)
         ctx.layer, ctx.block, ctx.index = layer, block, len(layer.inputs)
@@ -107,7 +111,12 @@ class _DeferredMatmul(torch.autograd.Function):
         layer = ctx.layer
         layer.grads[ctx.index] = grad
         weight = layer.compute_weight
-        grad_x = block_input_grad(grad, weight) if ctx.block else grad @ weight
+        if ctx.block:
+            grad_x = block_input_grad(grad, weight)
+        elif use_skinny(grad, weight):
+            grad_x = skinny_matmul(grad, weight)
+        else:
+            grad_x = grad @ weight
         return grad_x, None, None, None
 
 

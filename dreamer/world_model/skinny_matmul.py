@@ -1,0 +1,165 @@
+"""``x @ W`` for a few rows (the filter's 16) as one Triton kernel, split over K without a second.
+
+A filter step multiplies 16 rows by weights of up to 2048 x 2048. cuBLAS runs such a product as
+a split-K GEMM and a second kernel that adds the splits (or as a GEMV-like kernel on few SMs):
+5.5-9 µs each on an H100, most of a filter step's 72 µs forward (docs/benchmarks.md); this
+kernel took 3.8-5.0 µs for the same products there (8.3 µs for 1,536 -> 2,048). Here the
+products of one output tile over all K chunks run as programs of one kernel: each writes its
+partial tile, counts itself in on the tile's counter, and the program that comes last adds the
+partials, adds the bias and writes the result, then resets the counter for the next call. The
+weight is read once, spread over ~128 programs.
+
+Counters live in one small buffer per CUDA stream, so the two branches of the learner
+(:mod:`dreamer.training.concurrent_loss`) never share one; kernels on one stream run in order.
+The partial sums are added in a fixed order, so results do not depend on scheduling.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from dreamer.world_model.fused_ops import triton, use_fused
+
+if triton is not None:
+    import triton.language as tl
+
+# Rows at most: above it cuBLAS's tiles are no longer mostly padding.
+MAX_ROWS = 64
+BLOCK_N = 32
+BLOCK_K = 64
+# Programs aimed at per call (the H100 has 132 SMs).
+TARGET_PROGRAMS = 128
+MAX_TILES = 4096
+
+_counters: dict[tuple[torch.device, int], torch.Tensor] = {}
+
+
+def use_skinny(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`skinny_matmul` should run ``x @ weight``: a float32 2-D ``x`` of at most
+    :data:`MAX_ROWS` rows where the Triton kernels run (:func:`use_fused`). Not in bf16: there
+    cuBLAS's kernels read half the bytes and the learner measured slower with this one (18.5 vs
+    17.9 ms an update at 16x64 on an H100, docs/benchmarks.md)."""
+    return (
+        x.dim() == 2
+        and x.shape[0] <= MAX_ROWS
+        and x.dtype == torch.float32
+        and use_fused(x, weight)
+    )
+
+
+def _tile_counters(device: torch.device) -> torch.Tensor:
+    """This stream's tile counters (all zero between calls)."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (device, stream)
+    if key not in _counters:
+        _counters[key] = torch.zeros(MAX_TILES, dtype=torch.int32, device=device)
+    return _counters[key]
+
+
+def _splits(tiles: int, k: int) -> int:
+    """K chunks per output tile: enough programs to spread the weight over the GPU, each chunk
+    a whole number of ``BLOCK_K`` steps."""
+    steps = triton.cdiv(k, BLOCK_K)
+    wanted = max(1, min(TARGET_PROGRAMS // tiles, steps))
+    return triton.cdiv(steps, triton.cdiv(steps, wanted))
+
+
+def skinny_matmul(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``x @ weight (+ bias)`` for ``x`` ``[M, K]`` (M <= :data:`MAX_ROWS`) and ``weight``
+    ``[K, N]`` with any strides (a linear layer's weight ``W`` is passed as ``W.t()``), in
+    ``x``'s dtype, accumulated in float32. TF32 as torch's matmul setting says."""
+    rows, k = x.shape
+    n = weight.shape[1]
+    out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
+    block_m = max(16, triton.next_power_of_2(rows))
+    tiles = triton.cdiv(n, BLOCK_N)
+    if tiles > MAX_TILES:
+        raise ValueError(f"skinny_matmul supports at most {MAX_TILES * BLOCK_N} columns, got {n}")
+    splits = _splits(tiles, k)
+    k_per_split = triton.cdiv(triton.cdiv(k, BLOCK_K), splits) * BLOCK_K
+    partials = torch.empty(tiles * splits * block_m * BLOCK_N, dtype=torch.float32, device=x.device)
+    tf32 = x.is_cuda and torch.backends.cuda.matmul.allow_tf32
+    _skinny_matmul[(tiles, splits)](
+        x, weight, x if bias is None else bias, out, partials, _tile_counters(x.device),
+        rows, n, k, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
+        HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+        SPLITS=splits, K_PER_SPLIT=k_per_split,
+        PRECISION="tf32" if tf32 else "ieee", num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+if triton is not None:
+
+    @triton.jit
+    def _skinny_matmul(
+        x_ptr,
+        w_ptr,
+        b_ptr,
+        out_ptr,
+        partial_ptr,
+        counter_ptr,
+        rows,
+        n,
+        k,
+        x_row_stride,
+        x_k_stride,
+        w_k_stride,
+        w_n_stride,
+        HAS_BIAS: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        SPLITS: tl.constexpr,
+        K_PER_SPLIT: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        tile = tl.program_id(0)
+        split = tl.program_id(1)
+        row = tl.arange(0, BLOCK_M)[:, None]
+        col = tile * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for step in range(0, K_PER_SPLIT, BLOCK_K):
+            ks = split * K_PER_SPLIT + step + tl.arange(0, BLOCK_K)
+            a = tl.load(
+                x_ptr + row * x_row_stride + ks[None, :] * x_k_stride,
+                mask=(row < rows) & (ks[None, :] < k),
+                other=0.0,
+            )
+            b = tl.load(
+                w_ptr + ks[:, None] * w_k_stride + col * w_n_stride,
+                mask=(ks[:, None] < k) & (col < n),
+                other=0.0,
+            )
+            # bf16 operands are exact in TF32: the same products as a bf16 MMA, float32 sums
+            acc += tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
+        if SPLITS == 1:
+            _finish(acc, b_ptr, out_ptr, row, col, rows, n, HAS_BIAS)
+        else:
+            local = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+            tile_partials = partial_ptr + tile * SPLITS * BLOCK_M * BLOCK_N
+            tl.store(tile_partials + split * BLOCK_M * BLOCK_N + local, acc)
+            # Every thread's partial is stored before the count (acq_rel) announces it.
+            tl.debug_barrier()
+            arrived = tl.atomic_add(counter_ptr + tile, 1, sem="acq_rel")
+            if arrived == SPLITS - 1:  # the last program of this tile adds every split in order
+                total = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+                for other in range(SPLITS):
+                    total += tl.load(
+                        tile_partials + other * BLOCK_M * BLOCK_N + local, cache_modifier=".cg"
+                    )
+                tl.atomic_xchg(counter_ptr + tile, 0)
+                _finish(total, b_ptr, out_ptr, row, col, rows, n, HAS_BIAS)
+
+    @triton.jit
+    def _finish(total, b_ptr, out_ptr, row, col, rows, n, HAS_BIAS: tl.constexpr):
+        """The bias added and the tile stored in the output's dtype."""
+        if HAS_BIAS:
+            total += tl.load(b_ptr + col, mask=col < n, other=0.0).to(tl.float32)
+        tl.store(
+            out_ptr + row * n + col,
+            total.to(out_ptr.dtype.element_ty),
+            mask=(row < rows) & (col < n),
+        )
