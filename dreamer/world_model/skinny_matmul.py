@@ -16,6 +16,8 @@ The partial sums are added in a fixed order, so results do not depend on schedul
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from dreamer.world_model.fused_ops import triton, use_fused
@@ -27,8 +29,12 @@ if triton is not None:
 MAX_ROWS = 64
 BLOCK_N = 32
 BLOCK_K = 64
-# Programs aimed at per call (the H100 has 132 SMs).
+# Programs aimed at per call (the H100 has 132 SMs); twice as many for outputs of at least
+# WIDE columns (``bench/bench_skinny.py``, H100: 5.8 vs 6.6 µs for 1,536 -> 2,048 forward and
+# 6.4 vs 7.9 µs for its input gradient, 4.5 vs 4.2 µs for 2,048 -> 512's; the learner 0.3 ms
+# faster an update).
 TARGET_PROGRAMS = 128
+WIDE = 1536
 MAX_TILES = 4096
 
 _counters: dict[tuple[torch.device, int], torch.Tensor] = {}
@@ -36,9 +42,10 @@ _counters: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 def use_skinny(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`skinny_matmul` should run ``x @ weight``: a float32 2-D ``x`` of at most
-    :data:`MAX_ROWS` rows where the Triton kernels run (:func:`use_fused`). Not in bf16: there
-    cuBLAS's kernels read half the bytes and the learner measured slower with this one (18.5 vs
-    17.9 ms an update at 16x64 on an H100, docs/benchmarks.md)."""
+    :data:`MAX_ROWS` rows where the Triton kernels run (:func:`use_fused`). Not in bf16, where
+    cuBLAS's kernels for these shapes are as fast (3.0-5.2 µs, ``bench/bench_skinny.py``) and
+    the learner measured slower with this one: 18.39 vs 17.84-17.89 ms an update at 16x64 on an
+    H100 with bf16 products, 18.5 vs 17.9 with float32 ones (docs/benchmarks.md)."""
     return (
         x.dim() == 2
         and x.shape[0] <= MAX_ROWS
@@ -56,37 +63,52 @@ def _tile_counters(device: torch.device) -> torch.Tensor:
     return _counters[key]
 
 
-def _splits(tiles: int, k: int) -> int:
+def _splits(tiles: int, k: int, block_k: int, programs: int) -> int:
     """K chunks per output tile: enough programs to spread the weight over the GPU, each chunk
-    a whole number of ``BLOCK_K`` steps."""
-    steps = triton.cdiv(k, BLOCK_K)
-    wanted = max(1, min(TARGET_PROGRAMS // tiles, steps))
+    a whole number of ``block_k`` steps."""
+    steps = triton.cdiv(k, block_k)
+    wanted = max(1, min(programs // tiles, steps))
     return triton.cdiv(steps, triton.cdiv(steps, wanted))
 
 
 def skinny_matmul(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    block_n: int = BLOCK_N,
+    block_k: int = BLOCK_K,
+    programs: int | None = None,
+    warps: int = 4,
 ) -> torch.Tensor:
     """``x @ weight (+ bias)`` for ``x`` ``[M, K]`` (M <= :data:`MAX_ROWS`) and ``weight``
     ``[K, N]`` with any strides (a linear layer's weight ``W`` is passed as ``W.t()``), in
-    ``x``'s dtype, accumulated in float32. TF32 as torch's matmul setting says."""
+    ``x``'s dtype, accumulated in float32. TF32 as torch's matmul setting says; bf16 operands
+    multiply in bf16 (float32 in Triton's interpreter, which has no bf16 product).
+
+    The keywords set the launch (``bench/bench_skinny.py`` compares them); the defaults are
+    what the learner uses.
+    """
     rows, k = x.shape
     n = weight.shape[1]
+    if programs is None:
+        programs = 2 * TARGET_PROGRAMS if n >= WIDE else TARGET_PROGRAMS
     out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
     block_m = max(16, triton.next_power_of_2(rows))
-    tiles = triton.cdiv(n, BLOCK_N)
+    tiles = triton.cdiv(n, block_n)
     if tiles > MAX_TILES:
-        raise ValueError(f"skinny_matmul supports at most {MAX_TILES * BLOCK_N} columns, got {n}")
-    splits = _splits(tiles, k)
-    k_per_split = triton.cdiv(triton.cdiv(k, BLOCK_K), splits) * BLOCK_K
-    partials = torch.empty(tiles * splits * block_m * BLOCK_N, dtype=torch.float32, device=x.device)
+        raise ValueError(f"skinny_matmul supports at most {MAX_TILES * block_n} columns, got {n}")
+    splits = _splits(tiles, k, block_k, programs)
+    k_per_split = triton.cdiv(triton.cdiv(k, block_k), splits) * block_k
+    partials = torch.empty(tiles * splits * block_m * block_n, dtype=torch.float32, device=x.device)
     tf32 = x.is_cuda and torch.backends.cuda.matmul.allow_tf32
+    upcast = x.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1"
     _skinny_matmul[(tiles, splits)](
         x, weight, x if bias is None else bias, out, partials, _tile_counters(x.device),
         rows, n, k, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
-        HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-        SPLITS=splits, K_PER_SPLIT=k_per_split,
-        PRECISION="tf32" if tf32 else "ieee", num_warps=4,
+        HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        SPLITS=splits, K_PER_SPLIT=k_per_split, UPCAST=upcast,
+        PRECISION="tf32" if tf32 else "ieee", num_warps=warps,
     )  # fmt: skip
     return out
 
@@ -114,6 +136,7 @@ if triton is not None:
         BLOCK_K: tl.constexpr,
         SPLITS: tl.constexpr,
         K_PER_SPLIT: tl.constexpr,
+        UPCAST: tl.constexpr,
         PRECISION: tl.constexpr,
     ):
         tile = tl.program_id(0)
@@ -133,8 +156,10 @@ if triton is not None:
                 mask=(ks[:, None] < k) & (col < n),
                 other=0.0,
             )
-            # bf16 operands are exact in TF32: the same products as a bf16 MMA, float32 sums
-            acc += tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
+            if UPCAST:  # float32 (TF32 or IEEE); bf16 in the interpreter: exact in float32
+                acc += tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
+            else:
+                acc += tl.dot(a, b.to(a.dtype))
         if SPLITS == 1:
             _finish(acc, b_ptr, out_ptr, row, col, rows, n, HAS_BIAS)
         else:
