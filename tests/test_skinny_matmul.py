@@ -42,7 +42,31 @@ def check_product(rows: int, k: int, n: int, bias: bool, dtype: torch.dtype) -> 
         )
 
 
+def check_blocks(rows: int, blocks: int, width_in: int, width_out: int) -> None:
+    """A block-linear layer as the filter runs it: block-major views of row-major inputs,
+    a per-block bias, and the input gradient written back in the rows' layout."""
+    from dreamer.world_model.skinny_matmul import skinny_bmm
+
+    generator = torch.Generator().manual_seed(blocks * width_out)
+    values = torch.randn(rows, blocks * width_in, generator=generator).to(DEVICE)
+    x = values.unflatten(-1, (blocks, -1)).transpose(0, 1)  # [blocks, rows, in], strided
+    weight = torch.randn(blocks, width_in, width_out, generator=generator).to(DEVICE)
+    bias = torch.randn(blocks, width_out, generator=generator).to(DEVICE)
+    grad = torch.randn(blocks, rows, width_out, generator=generator).to(DEVICE)
+    tolerance = {"rtol": 1e-4, "atol": 1e-4 * width_in**0.5}
+    for _ in range(2):
+        got = skinny_bmm(x, weight, bias)
+        torch.testing.assert_close(got, torch.baddbmm(bias[:, None], x, weight), **tolerance)
+        out = grad.new_empty(rows, blocks, width_in).transpose(0, 1)
+        returned = skinny_bmm(grad, weight.transpose(1, 2), out=out)
+        assert returned is out
+        expected = torch.bmm(grad, weight.transpose(1, 2))
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-4 * width_out**0.5)
+
+
 CASES = {
+    "gru_blocks_256_to_768": (check_blocks, (16, 8, 256, 768)),
+    "odd_blocks": (check_blocks, (5, 3, 40, 24)),
     "filter_posterior_2048_to_512": (check_product, (16, 2048, 512, True, torch.float32)),
     "filter_state_512_to_512": (check_product, (16, 512, 512, True, torch.float32)),
     "odd_rows_and_columns": (check_product, (40, 300, 70, True, torch.float32)),

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from dreamer.world_model.skinny_matmul import skinny_matmul, use_skinny
+from dreamer.world_model.skinny_matmul import skinny_bmm, skinny_matmul, use_skinny
 
 # Deferring keeps every step's output gradient until the loop's backward ends (plus one
 # concatenated copy). With few rows per step that is small and the per-step kernels it saves are
@@ -94,7 +94,9 @@ class _DeferredMatmul(torch.autograd.Function):
         weight = layer.compute_weight
         bias = layer.compute_bias if add_bias else None
         x = x.to(weight.dtype)
-        if block:  # [blocks, N, i] @ [blocks, i, o] + bias[blocks, 1, o]
+        if block and use_skinny(x, weight):  # the filter's few rows, as below
+            out = skinny_bmm(x, weight, None if bias is None else bias[:, 0])
+        elif block:  # [blocks, N, i] @ [blocks, i, o] + bias[blocks, 1, o]
             out = torch.bmm(x, weight) if bias is None else torch.baddbmm(bias, x, weight)
         elif use_skinny(x, weight):  # the filter's few rows: one kernel, not cuBLAS's two
             out = skinny_matmul(x, weight.t(), bias)
@@ -130,6 +132,8 @@ def block_input_grad(grad: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """
     blocks, rows, width = grad.shape[0], grad.shape[1], weight.shape[1]
     out = grad.new_empty(rows, blocks, width).transpose(0, 1)
+    if use_skinny(grad, weight):  # the filter's few rows (skinny_matmul), same layout
+        return skinny_bmm(grad, weight.transpose(1, 2), out=out)
     return torch.bmm(grad, weight.transpose(1, 2), out=out)
 
 

@@ -7,7 +7,8 @@ kernel took 3.8-5.0 µs for the same products there (8.3 µs for 1,536 -> 2,048)
 products of one output tile over all K chunks run as programs of one kernel: each writes its
 partial tile, counts itself in on the tile's counter, and the program that comes last adds the
 partials, adds the bias and writes the result, then resets the counter for the next call. The
-weight is read once, spread over ~128 programs.
+weight is read once, spread over ~128 programs. :func:`skinny_bmm` does the same for every block
+of a block-linear layer at once (the block GRU's layers), with any strides.
 
 Counters live in one small buffer per CUDA stream, so the two branches of the learner
 (:mod:`dreamer.training.concurrent_loss`) never share one; kernels on one stream run in order.
@@ -41,14 +42,14 @@ _counters: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 
 def use_skinny(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether :func:`skinny_matmul` should run ``x @ weight``: a float32 2-D ``x`` of at most
-    :data:`MAX_ROWS` rows where the Triton kernels run (:func:`use_fused`). Not in bf16, where
+    """Whether :func:`skinny_matmul` (2-D ``x``) or :func:`skinny_bmm` (3-D, a block-linear
+    layer's blocks) should run ``x @ weight``: a float32 ``x`` of at most :data:`MAX_ROWS` rows where the Triton kernels run (:func:`use_fused`). Not in bf16, where
     cuBLAS's kernels for these shapes are as fast (3.0-5.2 µs, ``bench/bench_skinny.py``) and
     the learner measured slower with this one: 18.39 vs 17.84-17.89 ms an update at 16x64 on an
     H100 with bf16 products, 18.5 vs 17.9 with float32 ones (docs/benchmarks.md)."""
     return (
-        x.dim() == 2
-        and x.shape[0] <= MAX_ROWS
+        x.dim() in (2, 3)
+        and x.shape[-2] <= MAX_ROWS
         and x.dtype == torch.float32
         and use_fused(x, weight)
     )
@@ -75,37 +76,54 @@ def skinny_matmul(
     x: torch.Tensor,
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
+    **launch,
+) -> torch.Tensor:
+    """``x @ weight (+ bias)`` for ``x`` ``[M, K]`` (M <= :data:`MAX_ROWS`) and ``weight``
+    ``[K, N]`` with any strides (a linear layer's weight ``W`` is passed as ``W.t()``): one
+    batch of :func:`skinny_bmm`."""
+    bias = None if bias is None else bias.unsqueeze(0)
+    return skinny_bmm(x.unsqueeze(0), weight.unsqueeze(0), bias, **launch)[0]
+
+
+def skinny_bmm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
     *,
     block_n: int = BLOCK_N,
     block_k: int = BLOCK_K,
     programs: int | None = None,
     warps: int = 4,
 ) -> torch.Tensor:
-    """``x @ weight (+ bias)`` for ``x`` ``[M, K]`` (M <= :data:`MAX_ROWS`) and ``weight``
-    ``[K, N]`` with any strides (a linear layer's weight ``W`` is passed as ``W.t()``), in
-    ``x``'s dtype, accumulated in float32. TF32 as torch's matmul setting says; bf16 operands
-    multiply in bf16 (float32 in Triton's interpreter, which has no bf16 product).
+    """``x[b] @ weight[b] (+ bias[b])`` for ``x`` ``[B, M, K]`` (M <= :data:`MAX_ROWS`),
+    ``weight`` ``[B, K, N]`` and ``bias`` ``[B, N]``, any strides, into ``out`` ``[B, M, N]``
+    (any strides; made contiguous when not given), in ``x``'s dtype, accumulated in float32.
+    TF32 as torch's matmul setting says; bf16 operands multiply in bf16 (float32 in Triton's
+    interpreter, which has no bf16 product).
 
     The keywords set the launch (``bench/bench_skinny.py`` compares them); the defaults are
     what the learner uses.
     """
-    rows, k = x.shape
-    n = weight.shape[1]
+    batch, rows, k = x.shape
+    n = weight.shape[2]
     if programs is None:
         programs = 2 * TARGET_PROGRAMS if n >= WIDE else TARGET_PROGRAMS
-    out = torch.empty(rows, n, dtype=x.dtype, device=x.device)
+    if out is None:
+        out = torch.empty(batch, rows, n, dtype=x.dtype, device=x.device)
     block_m = max(16, triton.next_power_of_2(rows))
     tiles = triton.cdiv(n, block_n)
-    if tiles > MAX_TILES:
-        raise ValueError(f"skinny_matmul supports at most {MAX_TILES * block_n} columns, got {n}")
-    splits = _splits(tiles, k, block_k, programs)
+    if batch * tiles > MAX_TILES:
+        raise ValueError(f"skinny_bmm supports at most {MAX_TILES} output tiles of {block_n}")
+    splits = _splits(batch * tiles, k, block_k, programs)
     k_per_split = triton.cdiv(triton.cdiv(k, block_k), splits) * block_k
-    partials = torch.empty(tiles * splits * block_m * block_n, dtype=torch.float32, device=x.device)
+    partials = x.new_empty(batch * tiles * splits * block_m * block_n, dtype=torch.float32)
     tf32 = x.is_cuda and torch.backends.cuda.matmul.allow_tf32
     upcast = x.dtype == torch.float32 or os.environ.get("TRITON_INTERPRET") == "1"
-    _skinny_matmul[(tiles, splits)](
+    bias_strides = (0, 0) if bias is None else bias.stride()
+    _skinny_matmul[(tiles, splits, batch)](
         x, weight, x if bias is None else bias, out, partials, _tile_counters(x.device),
-        rows, n, k, x.stride(0), x.stride(1), weight.stride(0), weight.stride(1),
+        rows, n, k, *x.stride(), *weight.stride(), *bias_strides, *out.stride(),
         HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         SPLITS=splits, K_PER_SPLIT=k_per_split, UPCAST=upcast,
         PRECISION="tf32" if tf32 else "ieee", num_warps=warps,
@@ -126,10 +144,17 @@ if triton is not None:
         rows,
         n,
         k,
+        x_batch_stride,
         x_row_stride,
         x_k_stride,
+        w_batch_stride,
         w_k_stride,
         w_n_stride,
+        b_batch_stride,
+        b_n_stride,
+        out_batch_stride,
+        out_row_stride,
+        out_n_stride,
         HAS_BIAS: tl.constexpr,
         BLOCK_M: tl.constexpr,
         BLOCK_N: tl.constexpr,
@@ -141,6 +166,11 @@ if triton is not None:
     ):
         tile = tl.program_id(0)
         split = tl.program_id(1)
+        batch = tl.program_id(2)
+        x_ptr += batch * x_batch_stride
+        w_ptr += batch * w_batch_stride
+        b_ptr += batch * b_batch_stride
+        out_ptr += batch * out_batch_stride
         row = tl.arange(0, BLOCK_M)[:, None]
         col = tile * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -160,31 +190,30 @@ if triton is not None:
                 acc += tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=PRECISION)
             else:
                 acc += tl.dot(a, b.to(a.dtype))
+        out_ptrs = out_ptr + row * out_row_stride + col * out_n_stride
         if SPLITS == 1:
-            _finish(acc, b_ptr, out_ptr, row, col, rows, n, HAS_BIAS)
+            _finish(acc, b_ptr, b_n_stride, out_ptrs, row, col, rows, n, HAS_BIAS)
         else:
             local = tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
-            tile_partials = partial_ptr + tile * SPLITS * BLOCK_M * BLOCK_N
+            counter = batch * tl.num_programs(0) + tile
+            tile_partials = partial_ptr + counter * SPLITS * BLOCK_M * BLOCK_N
             tl.store(tile_partials + split * BLOCK_M * BLOCK_N + local, acc)
             # Every thread's partial is stored before the count (acq_rel) announces it.
             tl.debug_barrier()
-            arrived = tl.atomic_add(counter_ptr + tile, 1, sem="acq_rel")
+            arrived = tl.atomic_add(counter_ptr + counter, 1, sem="acq_rel")
             if arrived == SPLITS - 1:  # the last program of this tile adds every split in order
                 total = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
                 for other in range(SPLITS):
                     total += tl.load(
                         tile_partials + other * BLOCK_M * BLOCK_N + local, cache_modifier=".cg"
                     )
-                tl.atomic_xchg(counter_ptr + tile, 0)
-                _finish(total, b_ptr, out_ptr, row, col, rows, n, HAS_BIAS)
+                tl.atomic_xchg(counter_ptr + counter, 0)
+                _finish(total, b_ptr, b_n_stride, out_ptrs, row, col, rows, n, HAS_BIAS)
 
     @triton.jit
-    def _finish(total, b_ptr, out_ptr, row, col, rows, n, HAS_BIAS: tl.constexpr):
+    def _finish(total, b_ptr, b_n_stride, out_ptrs, row, col, rows, n, HAS_BIAS: tl.constexpr):
         """The bias added and the tile stored in the output's dtype."""
         if HAS_BIAS:
-            total += tl.load(b_ptr + col, mask=col < n, other=0.0).to(tl.float32)
-        tl.store(
-            out_ptr + row * n + col,
-            total.to(out_ptr.dtype.element_ty),
-            mask=(row < rows) & (col < n),
-        )
+            total += tl.load(b_ptr + col * b_n_stride, mask=col < n, other=0.0).to(tl.float32)
+        out_dtype = out_ptrs.dtype.element_ty
+        tl.store(out_ptrs, total.to(out_dtype), mask=(row < rows) & (col < n))
