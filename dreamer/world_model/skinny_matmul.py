@@ -26,7 +26,7 @@ from dreamer.world_model.fused_ops import triton, use_fused
 if triton is not None:
     import triton.language as tl
 
-# Rows at most: above it cuBLAS's tiles are no longer mostly padding.
+# Rows at most. Measured at the filter's 16 only; the imagination's 1,024 keep cuBLAS.
 MAX_ROWS = 64
 BLOCK_N = 32
 BLOCK_K = 64
@@ -43,10 +43,13 @@ _counters: dict[tuple[torch.device, int], torch.Tensor] = {}
 
 def use_skinny(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether :func:`skinny_matmul` (2-D ``x``) or :func:`skinny_bmm` (3-D, a block-linear
-    layer's blocks) should run ``x @ weight``: a float32 ``x`` of at most :data:`MAX_ROWS` rows where the Triton kernels run (:func:`use_fused`). Not in bf16, where
-    cuBLAS's kernels for these shapes are as fast (3.0-5.2 µs, ``bench/bench_skinny.py``) and
-    the learner measured slower with this one: 18.39 vs 17.84-17.89 ms an update at 16x64 on an
-    H100 with bf16 products, 18.5 vs 17.9 with float32 ones (docs/benchmarks.md)."""
+    layer's blocks) should run ``x @ weight``: a float32 ``x`` of at most :data:`MAX_ROWS` rows
+    where the Triton kernels run (:func:`use_fused`).
+
+    Not in bf16, where cuBLAS's kernels for these shapes are as fast (3.0-5.2 µs,
+    ``bench/bench_skinny.py``) and the learner measured slower with this one: 18.39 vs
+    17.84-17.89 ms an update at 16x64 on an H100 with bf16 products, 18.5 vs 17.9 with float32
+    ones (docs/benchmarks.md)."""
     return (
         x.dim() in (2, 3)
         and x.shape[-2] <= MAX_ROWS
