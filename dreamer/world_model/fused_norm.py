@@ -153,7 +153,7 @@ class _NormSiLU(torch.autograd.Function):
         # values (one per row count and width), each compiled once.
         per_program = triton.next_power_of_2(triton.cdiv(count, min(count, BACKWARD_PROGRAMS)))
         per_program = max(1, min(per_program, TILE // block))
-        if per_program * block >= 4096:
+        if per_program * block >= TILE:  # a full tile: as many warps as a 2,048-wide row gets
             warps = 8
         _norm_silu_backward[(triton.cdiv(count, per_program),)](
             rows,
