@@ -82,8 +82,16 @@ def main() -> None:
         default=[],
         help="further Hydra overrides, e.g. env.physics_threads=16",
     )
+    parser.add_argument(
+        "--switch-interval-ms",
+        type=float,
+        help="Python's GIL switch interval (sys.setswitchinterval; default 5 ms): how long a "
+        "thread waits for the GIL before it asks the holder to drop it",
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    if args.switch_interval_ms is not None:
+        sys.setswitchinterval(args.switch_interval_ms / 1e3)
     rows = []
     for mode in args.modes:
         rows.append(run(mode, args))
@@ -94,6 +102,7 @@ def main() -> None:
         "gpus": torch.cuda.device_count(),
         "cpus": len(__import__("os").sched_getaffinity(0)),
         "command": " ".join(sys.argv),
+        "switch_interval_ms": sys.getswitchinterval() * 1e3,
     }
     print(meta)
     print(

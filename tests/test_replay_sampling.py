@@ -9,7 +9,7 @@ from tensordict import TensorDict
 from torch.profiler import ProfilerActivity, profile
 from torchrl.data import LazyTensorStorage, SliceSampler, TensorDictReplayBuffer
 
-from dreamer.replay.buffer import make_replay_buffer, to_sequences
+from dreamer.replay.buffer import make_replay_buffer, sample_sequences, to_sequences
 
 ENVS, STEPS, BATCH, LENGTH = 16, 40, 8, 8
 # What forces a host-device sync when the tensors live on a GPU: reading a device scalar
@@ -72,6 +72,48 @@ def test_padded_samples_without_padding_equal_the_ragged_samples():
     assert padding_seen > 0, "no sample met a short trajectory: the test proves nothing"
 
 
+def composed_sample(replay, batch_size: int, draws: list[int]) -> TensorDict:
+    """What sample_sequences returns, composed from replay.sample and to_sequences: draw
+    ``draws[i]`` steps at the i-th draw, cut each to whole rows, concatenate, keep
+    ``batch_size`` rows, without the ``index`` entry (where replay.sample read each step)."""
+    pieces = [to_sequences(replay.sample(steps), LENGTH).exclude("index") for steps in draws]
+    return torch.cat(pieces, 0)[:batch_size]
+
+
+@pytest.mark.parametrize("batch", [4, 8, 12])
+def test_sample_sequences_is_the_composition_of_replay_sample_and_to_sequences(batch):
+    """sample_sequences reads the storage once at the kept steps instead of composing samples;
+    the batch must be the composed one, top-up draws included (batch 12 needs two draws of
+    18 slices here, batch 4 one: counted below)."""
+    from dreamer.replay import buffer as replay_module
+
+    capacity = ENVS * STEPS * 2
+    replay = make_replay_buffer(capacity, batch, LENGTH, "cpu")
+    fill(replay)
+    steps = int(batch * replay_module.SAMPLE_MARGIN + 0.999) * LENGTH
+    draws_seen = set()
+    for seed in range(10):
+        calls = []
+        sample = replay.sampler.sample
+
+        def counted(*args, _calls=calls, _sample=sample, **kwargs):
+            _calls.append(1)
+            return _sample(*args, **kwargs)
+
+        replay.sampler.sample = counted
+        torch.manual_seed(seed)
+        ours = sample_sequences(replay, batch, LENGTH, "cpu")
+        del replay.sampler.sample
+        draws_seen.add(len(calls))
+        torch.manual_seed(seed)
+        theirs = composed_sample(replay, batch, [steps] * len(calls))
+        assert ours.shape == theirs.shape == (batch, LENGTH)
+        assert set(ours.keys(True, True)) == set(theirs.keys(True, True))
+        for key in theirs.keys(True, True):
+            assert torch.equal(ours[key], theirs[key]), key
+    assert max(draws_seen) > 1, "no batch needed a second draw: the top-up path is untested"
+
+
 def count_syncs(fn) -> int:
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
@@ -117,11 +159,11 @@ def test_one_draw_usually_fills_a_training_batch(monkeypatch):
         monkeypatch.setattr(replay_module, "SAMPLE_MARGIN", margin)
         calls = []
 
-        def counted(*args, _calls=calls, _sample=replay.sample, **kwargs):
+        def counted(*args, _calls=calls, _sample=replay.sampler.sample, **kwargs):
             _calls.append(1)
             return _sample(*args, **kwargs)
 
-        monkeypatch.setattr(replay, "sample", counted)
+        monkeypatch.setattr(replay.sampler, "sample", counted)
         torch.manual_seed(0)
         for _ in range(20):
             batch = replay_module.sample_sequences(replay, BATCH, LENGTH, "cpu")

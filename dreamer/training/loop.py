@@ -192,6 +192,9 @@ def train(cfg: DictConfig) -> dict:
         enabled=bool(cfg.replay.prefetch),
     )
     pacer = UpdatePacer(torch.device(cfg.device))
+    # Read once, not at every update: an OmegaConf lookup is slow Python.
+    log_every, image_every = int(cfg.log.every_updates), int(cfg.log.image_every_updates)
+    checkpoint_every = int(cfg.checkpoint.every_updates)
     world_model_loss: list[torch.Tensor] = []
     last_time, last_frames, last_updates = time.perf_counter(), frames, updates
     bar = tqdm(
@@ -245,15 +248,15 @@ def train(cfg: DictConfig) -> dict:
                         world_model_loss.append(
                             sum(v for k, v in metrics.items() if k.startswith("loss_model_"))
                         )
-                        if updates % int(cfg.log.every_updates) == 0:
+                        if updates % log_every == 0:
                             guard.check()
                             logger.log(
                                 {f"train/{k}": v for k, v in metrics.items() if v.numel() == 1},
                                 frames,
                             )
-                        if rank.is_main and updates % int(cfg.log.image_every_updates) == 0:
+                        if rank.is_main and updates % image_every == 0:
                             log_open_loop_figure(logger, agent, sequences, cfg.task, frames)
-                        if updates % int(cfg.checkpoint.every_updates) == 0:
+                        if updates % checkpoint_every == 0:
                             save()
                 now = time.perf_counter()
                 logger.log(
