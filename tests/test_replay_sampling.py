@@ -3,6 +3,8 @@ fixed, small number of host-device syncs per sample instead of one per slice."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from tensordict import TensorDict
@@ -81,29 +83,25 @@ def composed_sample(replay, batch_size: int, draws: list[int]) -> TensorDict:
 
 
 @pytest.mark.parametrize("batch", [4, 8, 12])
-def test_sample_sequences_is_the_composition_of_replay_sample_and_to_sequences(batch):
-    """sample_sequences reads the storage once at the kept steps instead of composing samples;
-    the batch must be the composed one, top-up draws included (batch 12 needs two draws of
-    18 slices here, batch 4 one: counted below)."""
+def test_sample_sequences_is_the_composition_of_replay_sample_and_to_sequences(batch, monkeypatch):
+    """sample_sequences reads the storage once, at the kept steps of the sampler's indices; its
+    batch must be the one composed from replay.sample and to_sequences with the same draws,
+    top-up draws included (at every batch size some batch needs a second draw: asserted)."""
     from dreamer.replay import buffer as replay_module
 
-    capacity = ENVS * STEPS * 2
-    replay = make_replay_buffer(capacity, batch, LENGTH, "cpu")
+    replay = make_replay_buffer(ENVS * STEPS * 2, batch, LENGTH, "cpu")
     fill(replay)
-    steps = int(batch * replay_module.SAMPLE_MARGIN + 0.999) * LENGTH
+    steps = math.ceil(batch * replay_module.SAMPLE_MARGIN) * LENGTH
+    draw = replay.sampler.sample
     draws_seen = set()
     for seed in range(10):
         calls = []
-        sample = replay.sampler.sample
-
-        def counted(*args, _calls=calls, _sample=sample, **kwargs):
-            _calls.append(1)
-            return _sample(*args, **kwargs)
-
-        replay.sampler.sample = counted
+        monkeypatch.setattr(
+            replay.sampler, "sample", lambda *args, _calls=calls: _calls.append(1) or draw(*args)
+        )
         torch.manual_seed(seed)
         ours = sample_sequences(replay, batch, LENGTH, "cpu")
-        del replay.sampler.sample
+        monkeypatch.undo()
         draws_seen.add(len(calls))
         torch.manual_seed(seed)
         theirs = composed_sample(replay, batch, [steps] * len(calls))
