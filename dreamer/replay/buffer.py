@@ -155,6 +155,7 @@ def sample_sequences(
     indices, infos, rows = [], [], 0
     while rows < batch_size:
         index, info = replay.sampler.sample(replay.storage, steps)
+        index = index if isinstance(index, tuple) else (index,)  # one tensor per storage dim
         mask = info.pop(PADDING_MASK, None)
         # One nonzero (one sync) for the real steps, as in drop_padding.
         kept = torch.arange(steps, device=index[0].device) if mask is None else mask.nonzero()
