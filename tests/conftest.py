@@ -100,3 +100,11 @@ def toy_agent(smoke_cfg):
         add_episode_stats(ToyBatchedEnv(6)), model_size_from_config(smoke_cfg.model), 2
     )
     return env, build_agent(smoke_cfg, env)
+
+
+@pytest.fixture(scope="module")
+def interpreted(request) -> dict[str, str]:
+    """The outcomes of the requesting test file's kernel cases, run as a script under Triton's
+    interpreter (:func:`interpreted_outcomes`); once per file."""
+    pytest.importorskip("triton")
+    return interpreted_outcomes(request.module.__file__)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import check_cases, interpreted_outcomes
+from conftest import check_cases
 from torch import nn
 from torchrl.trainers.algorithms import DreamerV3Optimizer
 
@@ -157,12 +157,6 @@ INTERPRETED_CASES = {
     **CASES,
     "graphed_update_takes_the_flat_step": (check_graphed_update_takes_the_flat_step, ()),
 }
-
-
-@pytest.fixture(scope="module")
-def interpreted() -> dict[str, str]:
-    pytest.importorskip("triton")
-    return interpreted_outcomes(__file__)
 
 
 @pytest.mark.parametrize("case", INTERPRETED_CASES)

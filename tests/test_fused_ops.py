@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import check_cases, interpreted_outcomes
+from conftest import check_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = {torch.float32: {"rtol": 1e-5, "atol": 1e-6}, torch.bfloat16: {"rtol": 1.6e-2, "atol": 1e-5}}  # fmt: skip
@@ -361,11 +361,6 @@ def run_cases() -> dict[str, str]:
     """Every case's outcome: ``"ok"`` or its traceback."""
     assert "triton" not in sys.modules
     return check_cases(CASES)
-
-
-@pytest.fixture(scope="module")
-def interpreted() -> dict[str, str]:
-    return interpreted_outcomes(__file__)
 
 
 @pytest.mark.parametrize("case", CASES)

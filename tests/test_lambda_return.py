@@ -18,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import check_cases, interpreted_outcomes
+from conftest import check_cases
 from tensordict import TensorDict
 from torchrl.objectives import DreamerV3ActorLoss, DreamerV3ValueLoss
 
@@ -186,12 +186,6 @@ CASES = {
     "replay_value_loss_matches_torchrl": (check_replay_value_loss, ()),
     "actor_loss_uses_the_kernel": (check_actor_loss_uses_the_kernel, ()),
 }
-
-
-@pytest.fixture(scope="module")
-def interpreted() -> dict[str, str]:
-    pytest.importorskip("triton")
-    return interpreted_outcomes(__file__)
 
 
 @pytest.mark.parametrize("case", CASES)

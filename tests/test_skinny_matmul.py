@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import check_cases, interpreted_outcomes
+from conftest import check_cases
 
 DEVICE = "cpu"
 
@@ -73,12 +73,6 @@ CASES = {
     "one_row_no_bias": (check_product, (1, 96, 33, False, torch.float32)),
     "bf16": (check_product, (16, 2048, 512, True, torch.bfloat16)),
 }
-
-
-@pytest.fixture(scope="module")
-def interpreted() -> dict[str, str]:
-    pytest.importorskip("triton")
-    return interpreted_outcomes(__file__)
 
 
 @pytest.mark.parametrize("case", CASES)
