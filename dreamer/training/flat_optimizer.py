@@ -93,10 +93,15 @@ def flatten_parameters(optimizer: DreamerV3Optimizer) -> bool:
     flat = torch.zeros(total, device=parameters[0].device)
     with torch.no_grad():
         for parameter, offset in zip(parameters, offsets, strict=True):
-            view = flat[offset : offset + parameter.numel()].view_as(parameter)
+            view = _view(flat, offset, parameter)
             view.copy_(parameter)
             parameter.data = view
     return True
+
+
+def _view(flat: torch.Tensor, offset: int, like: torch.Tensor) -> torch.Tensor:
+    """The part of ``flat`` from ``offset`` on, shaped like ``like``."""
+    return flat[offset : offset + like.numel()].view_as(like)
 
 
 def _layout(parameters: list[torch.Tensor]) -> tuple[list[int], int]:
@@ -165,8 +170,7 @@ class FlatOptimizerStep:
             for parameter in _all_parameters(optimizer):
                 state = optimizer.state[parameter]
                 for name, flat in (("rms", self.rms), ("momentum", self.momentum)):
-                    offset = parameter.storage_offset()
-                    view = flat[offset : offset + parameter.numel()].view_as(parameter)
+                    view = _view(flat, parameter.storage_offset(), parameter)
                     view.copy_(state[name])
                     state[name] = view
         # Read once, as a captured graph reads them: a later change of a group's lr is not seen.
@@ -224,7 +228,7 @@ class FlatOptimizerStep:
         )
         self._active = active
         self._grad_views = [
-            self.grads[p.storage_offset() : p.storage_offset() + p.numel()].view_as(p)
+            _view(self.grads, p.storage_offset(), p)
             for (p, _), has_grad in zip(parameters, active, strict=True)
             if has_grad
         ]

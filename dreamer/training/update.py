@@ -46,10 +46,10 @@ def update_step(
     ``step_optimizer`` replaces ``agent.optimizer.step`` and returns the gradients' global norm
     (the CUDA-graph learner passes its device-counter step, :func:`gradient_norm` before it or
     the flat step, which sums the squares on its way); ``mixed_precision`` runs the losses under
-    bf16 autocast on CUDA; ``grad_hook(agent)`` runs between backward and the optimizer step (the data-parallel
-    learner averages gradients there); ``side_stream`` runs the actor and critic losses beside
-    the world model's (:mod:`dreamer.training.concurrent_loss`). Returns the detached loss and metric entries (no host
-    sync happens here).
+    bf16 autocast on CUDA; ``grad_hook(agent)`` runs between backward and the optimizer step
+    (the data-parallel learner averages gradients there); ``side_stream`` runs the actor and
+    critic losses beside the world model's (:mod:`dreamer.training.concurrent_loss`). Returns
+    the detached loss and metric entries (no host sync happens here).
     """
     device_type = sequences.get("action").device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=mixed_precision):
