@@ -17,7 +17,13 @@ from types import MappingProxyType
 import mujoco
 import numpy as np
 
-from dreamer.env.tasks.base import ASSETS_DIR, BatchedTask, TaskSpec, wrap_to_pi
+from dreamer.env.tasks.base import (
+    ASSETS_DIR,
+    BatchedTask,
+    TaskSpec,
+    as_slice_if_consecutive,
+    wrap_to_pi,
+)
 
 JOINT_NAMES = [
     "front_left_leg",
@@ -74,20 +80,34 @@ REWARD_WEIGHTS = MappingProxyType(
 )
 
 
-def quat_to_rotmat(quat_wxyz: np.ndarray) -> np.ndarray:
-    """(N, 4) unit quaternions (w, x, y, z) -> (N, 3, 3) rotation matrices (body -> world)."""
-    w, x, y, z = (quat_wxyz[:, i] for i in range(4))
-    rot = np.empty((quat_wxyz.shape[0], 3, 3))
-    rot[:, 0, 0] = 1 - 2 * (y * y + z * z)
-    rot[:, 0, 1] = 2 * (x * y - w * z)
-    rot[:, 0, 2] = 2 * (x * z + w * y)
-    rot[:, 1, 0] = 2 * (x * y + w * z)
-    rot[:, 1, 1] = 1 - 2 * (x * x + z * z)
-    rot[:, 1, 2] = 2 * (y * z - w * x)
-    rot[:, 2, 0] = 2 * (x * z - w * y)
-    rot[:, 2, 1] = 2 * (y * z + w * x)
-    rot[:, 2, 2] = 1 - 2 * (x * x + y * y)
-    return rot
+def root_rows(qpos: np.ndarray, qvel: np.ndarray) -> np.ndarray:
+    """The root's ``(x, y, z, qw, qx, qy, qz, vx, vy, vz)`` of all N envs as ten contiguous rows.
+
+    ``qpos``/``qvel`` are strided views of the physics state: each column read there touches
+    one cache line per env. Gathered once into rows, the root-frame maths runs over contiguous
+    memory. With this and slices instead of gathers for the joints and sensors, Ant's
+    ``on_step`` at 4,096 envs went from 3.10-3.57 to 2.33-2.58 ms per control step on the
+    H100 machine's host (``bench/bench_env.py --num-envs 4096``, ``task`` column, 2026-11-25).
+    """
+    rows = np.empty((10, qpos.shape[0]))
+    rows[:7] = qpos[:, 0:7].T
+    rows[7:] = qvel[:, 0:3].T
+    return rows
+
+
+def body_to_world_rows(w, x, y, z) -> tuple[np.ndarray, ...]:
+    """The rotation matrix of unit quaternions (w, x, y, z) as nine rows ``r00, r01, ..., r22``."""
+    return (
+        1 - 2 * (y * y + z * z),
+        2 * (x * y - w * z),
+        2 * (x * z + w * y),
+        2 * (x * y + w * z),
+        1 - 2 * (x * x + z * z),
+        2 * (y * z - w * x),
+        2 * (x * z - w * y),
+        2 * (y * z + w * x),
+        1 - 2 * (x * x + y * y),
+    )
 
 
 class AntTask(BatchedTask):
@@ -95,14 +115,15 @@ class AntTask(BatchedTask):
 
     def __init__(self, model: mujoco.MjModel, num_envs: int) -> None:
         super().__init__(model, num_envs)
-        self.qpos_adr = self.joint_qpos_adr(JOINT_NAMES)
-        self.dof_adr = self.joint_dof_adr(JOINT_NAMES)
+        # Slices where the addresses run consecutively (they do in ant.xml): views, not gathers.
+        self.qpos_adr = as_slice_if_consecutive(self.joint_qpos_adr(JOINT_NAMES))
+        self.dof_adr = as_slice_if_consecutive(self.joint_dof_adr(JOINT_NAMES))
         ranges = model.jnt_range[[model.joint(n).id for n in JOINT_NAMES]]
         # Isaac's soft limits equal the hard ones (soft_joint_pos_limit_factor = 1.0).
         self.lower, self.upper = ranges[:, 0].copy(), ranges[:, 1].copy()
         self._mid = 0.5 * (self.lower + self.upper)
         self._inv_half_range = 2.0 / (self.upper - self.lower)
-        self.sensor_adr = self._wrench_sensor_adr(model)
+        self.sensor_adr = as_slice_if_consecutive(self._wrench_sensor_adr(model))
         self.potential = np.zeros(num_envs)
         self.last_action = np.zeros((num_envs, 8))
 
@@ -143,26 +164,29 @@ class AntTask(BatchedTask):
         # The joint wrench sensor reads zero until the first physics step after a reset.
         return self.observe(qpos, qvel, np.zeros((len(env_ids), 24)), self.last_action[env_ids])
 
-    def base_terms(self, qpos: np.ndarray, qvel: np.ndarray) -> dict[str, np.ndarray]:
-        """Root-frame quantities shared by observations and rewards, computed once per step."""
-        pos, quat = qpos[:, 0:3], qpos[:, 3:7]
-        rot = quat_to_rotmat(quat)
-        w, x, y, z = (quat[:, i] for i in range(4))
+    def base_terms(self, root: np.ndarray) -> dict[str, np.ndarray]:
+        """Root-frame quantities shared by observations and rewards, from :func:`root_rows`."""
+        px, py, pz, w, x, y, z, vx, vy, vz = root
+        r00, r01, r02, r10, r11, r12, r20, r21, r22 = body_to_world_rows(w, x, y, z)
+        to_x, to_y = WALK_TARGET_POS[0] - px, WALK_TARGET_POS[1] - py
+        dist = np.sqrt(to_x * to_x + to_y * to_y)
         # Isaac's euler_xyz_from_quat; atan2 already lands in [-pi, pi], so no wrap is needed.
-        roll = np.arctan2(2.0 * (w * x + y * z), 1.0 - 2.0 * (x * x + y * y))
-        yaw = np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
-        to_target = WALK_TARGET_POS[:2] - pos[:, :2]
-        dist = np.sqrt(np.einsum("ni,ni->n", to_target, to_target))
-        heading_vec = rot[:, :2, 0]  # planar part of the body x axis (FORWARD_VEC_B) in world
+        yaw = np.arctan2(r10, r00)
         return {
+            "height": pz,
             # Free joint: linear velocity is in the world frame, angular velocity already in the
             # body frame. The torso's centre of mass is its origin, so this is the COM velocity.
-            "lin_vel_b": np.einsum("nji,nj->ni", rot, qvel[:, 0:3]),
+            "lin_vel_b": (
+                r00 * vx + r10 * vy + r20 * vz,
+                r01 * vx + r11 * vy + r21 * vz,
+                r02 * vx + r12 * vy + r22 * vz,
+            ),
             "yaw": yaw,
-            "roll": roll,
-            "angle_to_target": wrap_to_pi(np.arctan2(to_target[:, 1], to_target[:, 0]) - yaw),
-            "up_proj": rot[:, 2, 2],  # -projected_gravity_b.z
-            "heading_proj": np.einsum("ni,ni->n", heading_vec, to_target) / np.maximum(dist, 1e-9),
+            "roll": np.arctan2(r21, r22),
+            "angle_to_target": wrap_to_pi(np.arctan2(to_y, to_x) - yaw),
+            "up_proj": r22,  # -projected_gravity_b.z
+            # The planar part of the body x axis (FORWARD_VEC_B) in world, onto the target.
+            "heading_proj": (r00 * to_x + r10 * to_y) / np.maximum(dist, 1e-9),
             "potential": -dist / self.spec.step_dt,
         }
 
@@ -171,28 +195,29 @@ class AntTask(BatchedTask):
         return (joint_pos - self._mid) * self._inv_half_range
 
     def observe(
-        self,
-        qpos: np.ndarray,
-        qvel: np.ndarray,
-        wrench: np.ndarray,
-        last_action: np.ndarray,
-        base: dict[str, np.ndarray] | None = None,
+        self, qpos: np.ndarray, qvel: np.ndarray, wrench: np.ndarray, last_action: np.ndarray
     ) -> np.ndarray:
         """The 60-d ``policy`` observation in Isaac's term order and scaling."""
-        base = self.base_terms(qpos, qvel) if base is None else base
-        obs = np.empty((qpos.shape[0], self.spec.obs_dim))
+        base = self.base_terms(root_rows(qpos, qvel))
+        joint_pos = self.joint_pos_scaled(qpos[:, self.qpos_adr])
+        return self._assemble(base, qvel, joint_pos, qvel[:, self.dof_adr], wrench, last_action)
+
+    def _assemble(self, base, qvel, joint_pos, joint_vel, wrench, last_action) -> np.ndarray:
+        """Write each term into its columns of a fresh ``(N, 60)`` observation."""
+        obs = np.empty((qvel.shape[0], self.spec.obs_dim))
         sl = OBS_SLICES
-        obs[:, sl["base_height"]] = qpos[:, 2:3]
-        obs[:, sl["base_lin_vel"]] = base["lin_vel_b"]
+        obs[:, 0] = base["height"]
+        for column, row in enumerate(base["lin_vel_b"], start=sl["base_lin_vel"].start):
+            obs[:, column] = row
         obs[:, sl["base_ang_vel"]] = qvel[:, 3:6]
         obs[:, 7] = base["yaw"]
         obs[:, 8] = base["roll"]
         obs[:, 9] = base["angle_to_target"]
         obs[:, 10] = base["up_proj"]
         obs[:, 11] = base["heading_proj"]
-        obs[:, sl["joint_pos_norm"]] = self.joint_pos_scaled(qpos[:, self.qpos_adr])
-        obs[:, sl["joint_vel_rel"]] = JOINT_VEL_OBS_SCALE * qvel[:, self.dof_adr]
-        obs[:, sl["feet_body_forces"]] = WRENCH_OBS_SCALE * wrench
+        obs[:, sl["joint_pos_norm"]] = joint_pos
+        np.multiply(joint_vel, JOINT_VEL_OBS_SCALE, out=obs[:, sl["joint_vel_rel"]])
+        np.multiply(wrench, WRENCH_OBS_SCALE, out=obs[:, sl["feet_body_forces"]])
         obs[:, sl["actions"]] = last_action
         return obs
 
@@ -200,10 +225,11 @@ class AntTask(BatchedTask):
         self, qpos: np.ndarray, qvel: np.ndarray, sensordata: np.ndarray, action: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Terminations first, then rewards, then observations: the order of Isaac's step()."""
-        terminated = qpos[:, 2] < MIN_TORSO_HEIGHT
-        base = self.base_terms(qpos, qvel)
+        base = self.base_terms(root_rows(qpos, qvel))
+        terminated = base["height"] < MIN_TORSO_HEIGHT
+        joint_pos = self.joint_pos_scaled(qpos[:, self.qpos_adr])
         joint_vel = qvel[:, self.dof_adr]
-        scaled = np.abs(self.joint_pos_scaled(qpos[:, self.qpos_adr]))
+        scaled = np.abs(joint_pos)
         violation = (scaled - JOINT_LIMIT_THRESHOLD) / (1.0 - JOINT_LIMIT_THRESHOLD)
         heading = base["heading_proj"]
         terms = self.reward_terms
@@ -222,7 +248,8 @@ class AntTask(BatchedTask):
         terms["terminating"] = terminated / self.spec.step_dt
         self.potential = base["potential"]
         self.last_action[:] = action
-        obs = self.observe(qpos, qvel, sensordata[:, self.sensor_adr], self.last_action, base)
+        wrench = sensordata[:, self.sensor_adr]
+        obs = self._assemble(base, qvel, joint_pos, joint_vel, wrench, self.last_action)
         return obs, self.weighted_reward(), terminated
 
 

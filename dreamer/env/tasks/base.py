@@ -106,6 +106,15 @@ class BatchedTask:
         """Re-anchor history-dependent reward terms after the state was overwritten by hand."""
 
 
+def as_slice_if_consecutive(index: np.ndarray) -> slice | np.ndarray:
+    """``index`` as a slice when its entries run ``a, a+1, ..., b-1`` (indexing with it then
+    returns a view instead of gathering a copy), else ``index`` unchanged."""
+    index = np.asarray(index)
+    if index.ndim == 1 and index.size and np.array_equal(index, np.arange(index[0], index[-1] + 1)):
+        return slice(int(index[0]), int(index[-1]) + 1)
+    return index
+
+
 def wrap_to_pi(angles: np.ndarray) -> np.ndarray:
     """Wrap angles to [-pi, pi], mapping odd positive multiples of pi to +pi (Isaac's convention)."""
     wrapped = np.mod(angles + np.pi, 2.0 * np.pi)
