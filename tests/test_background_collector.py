@@ -173,6 +173,33 @@ def test_learner_clock_reports_busy_share_and_rates():
     assert summary["env_steps_per_s"] == pytest.approx(600 / summary["wall_s"])
 
 
+def test_learner_clock_balanced_window_leaves_out_the_prefill_batchs_backlog(monkeypatch):
+    """Each batch owes 2 one-second updates and arrives 3 s after the one before: 2/3 busy.
+    From the first update on, the learner first works off the prefill batch's updates, which
+    the plain figures count against the later batches' frames."""
+    from dreamer.training import learner_clock
+
+    now = [0.0]
+    monkeypatch.setattr(learner_clock.time, "perf_counter", lambda: now[0])
+    clock = learner_clock.LearnerClock("cpu")
+    clock.batch_arrived(100)  # the prefill batch, before any update: not a mark
+    for batch in range(1, 5):
+        if batch > 1:
+            now[0] = 3.0 * (batch - 1) - 1.0  # one idle second waiting for the batch
+            clock.batch_arrived(100 * batch)
+        for _ in range(2):
+            clock.start()
+            now[0] += 1.0
+            clock.stop()
+    summary = clock.summary(frames_since_first_update=300)
+    assert summary["learner_busy"] == pytest.approx(8 / 10)  # the backlog inflates it
+    assert summary["env_steps_per_s"] == pytest.approx(300 / 10)
+    assert summary["balanced_wall_s"] == pytest.approx(6.0)  # arrivals at 2 s and 8 s
+    assert summary["balanced_learner_busy"] == pytest.approx(2 / 3)
+    assert summary["balanced_env_steps_per_s"] == pytest.approx(200 / 6)
+    assert summary["balanced_updates_per_s"] == pytest.approx(4 / 6)
+
+
 def test_learner_clock_shares_the_training_threads_time_from_the_first_update():
     import time
 

@@ -215,6 +215,7 @@ def train(cfg: DictConfig) -> dict:
                 n_new = batch.numel()
                 frames += n_new
                 collected_this_run += n_new
+                clock.batch_arrived(frames)
                 with clock.host_phase("replay_extend"):
                     batches.before_extend()
                     stored = select_for_storage(batch, agent.obs_keys, float(cfg.reward_scale))
