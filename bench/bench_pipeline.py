@@ -7,10 +7,11 @@ each pipeline mode and reports two sets of figures:
   to the arrival of the last one, so the updates counted are owed for as many batches as the
   frames counted (:meth:`~dreamer.training.learner_clock.LearnerClock.summary`). These are the
   figures to judge a target by.
-* ``from first update``: from the first update to the end (the random prefill left out). The
-  learner also works off the prefill batch's updates in that span, so its busy share is
-  overstated by about one batch's worth of updates (8% of them in a 3M-frame run of 4,096 envs).
-  Figures in the docs before 2026-11-25's correction are of this kind.
+* ``from first update``: from the first update to the end (the random prefill left out). It
+  opens with the learner working off the prefill batch's updates and closes with the last
+  batch's updates after collection has stopped, so it understates collection: by 6-10% against
+  the balanced figures in 3M-frame runs of 4,096 envs on the H100 (2026-11-25), with busy
+  shares within 1.5 points of each other. Figures in the docs before that date are of this kind.
 
 Usage::
 

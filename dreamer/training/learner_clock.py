@@ -110,12 +110,14 @@ class LearnerClock:
         """Rates from the first update to now (the random prefill left out), the share of that
         wall time in each host phase (``host_<phase>``), and the ``balanced_*`` figures.
 
-        From the first update on, the learner also works off the updates owed for the batch
-        that was collected before it (a whole batch's worth: 72 of 860 updates in a 3M-frame
-        run at ratio 0.28), so ``learner_busy`` overstates what the collection inside that
-        window keeps busy. The ``balanced_*`` figures span the arrival of the second batch
-        after the first update to the arrival of the last one: the batches that arrive inside
-        that span and the updates launched inside it are owed for the same number of batches.
+        The span from the first update to the end has an uneven start and end: it opens with
+        the learner working off the updates owed for the batch collected before it, and it
+        closes with the last batch's updates, after collection has stopped. The ``balanced_*``
+        figures span the arrival of the second batch after the first update to the arrival of
+        the last one: the batches that arrive inside and the updates launched inside are owed
+        for the same number of batches. In 3M-frame pipeline runs of 4,096 envs (H100,
+        2026-11-25) the balanced collection rate was 6-10% above the plain one, and the two
+        busy shares were within 1.5 points of each other.
         """
         self._flush()
         if self.first_update is None:
