@@ -99,25 +99,7 @@ def start_load(load: str, model: str):
     return procs, stop, counts
 
 
-class PhaseClock:
-    """Wall time spent inside the base env's ``mujoco.rollout`` calls."""
-
-    def __init__(self, base_env):
-        self.seconds = 0.0
-        pool = base_env._pool
-        rollout = pool.rollout
-
-        def timed(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return rollout(*args, **kwargs)
-            finally:
-                self.seconds += time.perf_counter() - t0
-
-        pool.rollout = timed
-
-
-def measure(env, policy, clock: PhaseClock, steps: int, device: torch.device) -> dict:
+def measure(env, policy, spent: dict[str, float], steps: int, device: torch.device) -> dict:
     """Step ``env`` with ``policy`` and time each phase (medians over steps, in ms)."""
     from torchrl.envs.utils import ExplorationType, set_exploration_type
 
@@ -137,11 +119,11 @@ def measure(env, policy, clock: PhaseClock, steps: int, device: torch.device) ->
             td = policy(td)
             sync()
             t1 = time.perf_counter()
-            before = clock.seconds
+            before = spent["physics"]
             td = env.step_and_maybe_reset(td)[1]
             sync()
             t2 = time.perf_counter()
-            physics = clock.seconds - before
+            physics = spent["physics"] - before
             policy_ms.append((t1 - t0) * 1e3)
             physics_ms.append(physics * 1e3)
             rest_ms.append((t2 - t1 - physics) * 1e3)
@@ -168,6 +150,8 @@ def main() -> None:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
+    from bench_env import time_calls
+
     from dreamer.agent import build_agent
     from dreamer.config import load_config
     from dreamer.training.loop import make_training_env, use_tf32
@@ -185,7 +169,8 @@ def main() -> None:
         from dreamer.policy.graphed_acting import GraphedPolicy
 
         policy = GraphedPolicy(policy)
-    clock = PhaseClock(env.base_env)
+    spent = {"physics": 0.0}  # wall time inside the base env's mujoco.rollout calls
+    time_calls(env.base_env._pool, "rollout", spent, "physics")
     device = torch.device(args.device)
 
     rows = []
@@ -197,7 +182,7 @@ def main() -> None:
         procs, stop, counts = start_load(load, args.model)
         before = [c.value for c in counts]
         t0 = time.perf_counter()
-        row = {"load": load, **measure(env, policy, clock, args.steps, device)}
+        row = {"load": load, **measure(env, policy, spent, args.steps, device)}
         elapsed = time.perf_counter() - t0
         row["load_rate_per_s"] = (
             sum(c.value - b for c, b in zip(counts, before, strict=True)) / elapsed

@@ -18,7 +18,8 @@ It also prints the mean time per control step of all N envs in each phase of the
 
 Usage::
 
-    python bench/bench_env.py [--num-envs 1 64 256 1024] [--seconds 3] [--device cpu] [--json out.json]
+    python bench/bench_env.py [--num-envs 1 64 256 1024] [--seconds 3] [--device cpu] \
+        [--json out.json]
 """
 
 from __future__ import annotations

@@ -13,9 +13,9 @@ per tensor, so:
 * :class:`FlatOptimizerStep` binds the optimizer's ``rms``/``momentum`` state to two buffers of
   the same layout (copying what a restored checkpoint put there) and, per call, copies the
   gradients into a third (one multi-tensor copy), sums squares per block of every parameter and
-  its gradient (:func:`_partial_norms`), and applies adaptive clipping, the RMS and momentum updates, the bias
-  corrections and the warm-up to every element (:func:`_apply_update`), reading each group's step
-  count from the device. Blocks never span two parameters; each update program adds its
+  its gradient (:func:`_partial_norms`), and applies adaptive clipping, the RMS and momentum
+  updates, the bias corrections and the warm-up to every element (:func:`_apply_update`),
+  reading each group's step count from the device. Blocks never span two parameters; each update program adds its
   parameter's partial sums itself, so no kernel finishes the norms and nothing is atomic (the
   result does not depend on scheduling).
 

@@ -110,9 +110,10 @@ def as_slice_if_consecutive(index: np.ndarray) -> slice | np.ndarray:
     """``index`` as a slice when its entries run ``a, a+1, ..., b-1`` (indexing with it then
     returns a view instead of gathering a copy), else ``index`` unchanged."""
     index = np.asarray(index)
-    if index.ndim == 1 and index.size and np.array_equal(index, np.arange(index[0], index[-1] + 1)):
-        return slice(int(index[0]), int(index[-1]) + 1)
-    return index
+    if index.ndim != 1 or not index.size:
+        return index
+    start, stop = int(index[0]), int(index[-1]) + 1
+    return slice(start, stop) if np.array_equal(index, np.arange(start, stop)) else index
 
 
 def wrap_to_pi(angles: np.ndarray) -> np.ndarray:
