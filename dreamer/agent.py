@@ -8,11 +8,13 @@ import torch
 from tensordict.nn import TensorDictModule
 from torch import nn
 from torchrl.envs import EnvBase
+from torchrl.envs.utils import ExplorationType
 from torchrl.objectives import (
     DreamerV3ActorLoss,
     DreamerV3Loss,
     DreamerV3ModelLoss,
     DreamerV3ValueLoss,
+    LossModule,
     SoftUpdate,
     ValueEstimators,
 )
@@ -220,6 +222,7 @@ def make_objective(
         continuation_horizon=1.0 / (1.0 - loss_cfg.gamma),
         lmbda=loss_cfg.lmbda,
     )
+    sample_at_random_in_every_thread(loss, model_loss, actor_loss, value_loss)
     # The losses' own buffers (two-hot bins, return-normalisation quantiles) are made on the CPU;
     # left there they cost a host-to-device copy per use and cannot be captured in a CUDA graph.
     loss.to(device)
@@ -241,3 +244,18 @@ def make_objective(
     # learner's optimizer step then runs as three kernels over the one buffer.
     flatten_parameters(optimizer)
     return loss, optimizer, target_updater
+
+
+def sample_at_random_in_every_thread(*losses: LossModule) -> None:
+    """Make each loss's forward set the interaction type to RANDOM, not TorchRL's DETERMINISTIC.
+
+    Why: tensordict keeps the interaction type in one variable for the whole process, not one per
+    thread, and a TorchRL loss's forward sets it to the loss's ``deterministic_sampling_mode`` for
+    the call. With ``pipeline.mode=async`` the collection thread acts while the training thread is
+    inside a loss: it read DETERMINISTIC there and acted without exploration, and the two threads'
+    interleaved enters and exits could leave the variable at DETERMINISTIC after both had left.
+    Nothing in these losses reads the type but the actor's dream, which sets RANDOM itself, so
+    they compute the same either way (``tests/test_background_collector.py`` checks both).
+    """
+    for loss in losses:
+        loss.deterministic_sampling_mode = ExplorationType.RANDOM

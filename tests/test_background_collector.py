@@ -15,6 +15,7 @@ import torch
 from fake_collection import assert_from_whole_batches
 from tensordict import TensorDict
 from tensordict.nn import TensorDictModule
+from test_graphed_update import _agent, _sequences
 from torch import nn
 from torchrl.data import LazyTensorStorage, RandomSampler, TensorDictReplayBuffer
 
@@ -154,6 +155,58 @@ def test_async_training_runs_and_syncs_weights(tmp_path):
     assert result["updates"] > 0
     assert result["frames"] >= int(cfg.collector.total_frames)
     assert result["weight_syncs"] == result["updates"] // 2
+
+
+def test_the_collector_keeps_exploring_while_the_learner_is_inside_a_loss(smoke_cfg):
+    """The interaction type is one variable per process. The collection thread sets RANDOM for
+    its batch; the training thread then enters a loss, which sets its own mode for the call. The
+    collector's actions in that window must still be random, and once both threads have left,
+    the variable must not be left at DETERMINISTIC."""
+    from tensordict.nn import InteractionType, set_interaction_type
+    from tensordict.nn.probabilistic import interaction_type
+
+    agent = _agent(smoke_cfg, 3)
+    sample = _sequences(2, 6, obs_dim=4, action_dim=2)
+    inside, acted = threading.Event(), threading.Event()
+
+    def pause_inside_the_loss(module, args):
+        if threading.current_thread() is not threading.main_thread() and not inside.is_set():
+            inside.set()
+            assert acted.wait(30)
+
+    hook = agent.encoder.register_forward_pre_hook(pause_inside_the_loss)
+    learner = threading.Thread(target=lambda: agent.loss(sample))
+    with set_interaction_type(None):  # a clean start, whatever earlier tests left
+        with set_interaction_type(InteractionType.RANDOM):  # the collector's batch
+            learner.start()
+            assert inside.wait(60), "the loss never ran the encoder"
+            seen_while_learning = interaction_type()
+            acted.set()
+            learner.join(60)
+        left = interaction_type()
+    hook.remove()
+    assert seen_while_learning is InteractionType.RANDOM
+    assert left in (None, InteractionType.RANDOM)
+
+
+def test_the_losses_compute_the_same_whether_they_sample_at_random_or_deterministically(
+    smoke_cfg,
+):
+    """Setting the losses' mode to RANDOM for the collector's sake changes no loss term."""
+    from torchrl.envs.utils import ExplorationType
+
+    agent = _agent(smoke_cfg, 4)
+    sample = _sequences(3, 8, obs_dim=4, action_dim=2)
+    torch.manual_seed(1)
+    random_mode = agent.loss(sample.clone())
+    modes = [m for m in agent.loss.modules() if hasattr(m, "deterministic_sampling_mode")]
+    assert len(modes) == 4 and all(m.deterministic_sampling_mode == "random" for m in modes)
+    for module in modes:
+        module.deterministic_sampling_mode = ExplorationType.DETERMINISTIC
+    torch.manual_seed(1)
+    deterministic_mode = agent.loss(sample.clone())
+    for key in random_mode.keys(True, True):
+        assert torch.equal(random_mode[key], deterministic_mode[key]), key
 
 
 def test_learner_clock_reports_busy_share_and_rates():
