@@ -8,7 +8,12 @@ policy in this process, timing each phase, while another process loads the machi
 * ``spin:K``: K processes each spinning one CPU core in Python (what a busy host thread costs);
 * ``learner``: the 16x64 graphed update back to back, waiting for each update as training does
   (a CUDA sync, which spins a core while it waits);
-* ``learner_blocking``: the same, waiting on a blocking CUDA event (the core sleeps).
+* ``learner_blocking``: the same, waiting on a blocking CUDA event (the core sleeps);
+* ``learner_thread``: the same in a thread of this process, as ``pipeline.mode=async`` runs it:
+  one CUDA context, so the two interleave kernels by stream priority instead of taking turns.
+
+With ``--graph-policy`` the policy is captured once per ``--graph-priorities`` entry (the
+priority its kernels keep) and acts on a stream of the async collector's priority.
 
 Phases per control step of all envs: ``policy`` (the acting policy's forward until its action is
 ready), ``physics`` (``mujoco.rollout`` stepping every env ``decimation`` times) and ``env_rest``
@@ -17,6 +22,8 @@ ready), ``physics`` (``mujoco.rollout`` stepping every env ``decimation`` times)
 
     python bench/bench_contention.py --device cuda --num-envs 4096 --steps 150 \
         --loads none spin:1 spin:2 learner learner_blocking --json contention.json
+    python bench/bench_contention.py --device cuda --num-envs 4096 --steps 150 --graph-policy \
+        --graph-priorities 0 -2 --loads none learner_thread
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ import json
 import multiprocessing as mp
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -86,8 +95,19 @@ def start_load(load: str, model: str):
         targets = [(spin_load, ()) for _ in range(int(load.split(":")[1]))]
     elif load in ("learner", "learner_blocking"):
         targets = [(learner_load, (model, load == "learner_blocking"))]
+    elif load == "learner_thread":
+        ready, stop, count = threading.Event(), threading.Event(), SimpleNamespace(value=0)
+        thread = threading.Thread(
+            target=learner_load, args=(ready, stop, count, model, True), daemon=True
+        )
+        thread.start()
+        if not ready.wait(600):
+            raise RuntimeError("the learner thread did not start")
+        return [thread], stop, [count]
     else:
-        raise SystemExit(f"unknown load {load!r}: use none, spin:K, learner or learner_blocking")
+        raise SystemExit(
+            f"unknown load {load!r}: use none, spin:K, learner, learner_blocking or learner_thread"
+        )
     for target, extra in targets:
         ready, count = ctx.Event(), ctx.Value("l", 0)
         proc = ctx.Process(target=target, args=(ready, stop, count, *extra), daemon=True)
@@ -103,9 +123,9 @@ def measure(env, policy, spent: dict[str, float], steps: int, device: torch.devi
     """Step ``env`` with ``policy`` and time each phase (medians over steps, in ms)."""
     from torchrl.envs.utils import ExplorationType, set_exploration_type
 
-    def sync():
+    def sync():  # this stream only: a learner thread's streams are not the env step's
         if device.type == "cuda":
-            torch.cuda.synchronize(device)
+            torch.cuda.current_stream(device).synchronize()
 
     td = env.reset()
     policy_ms, physics_ms, rest_ms = [], [], []
@@ -147,6 +167,13 @@ def main() -> None:
     parser.add_argument("--physics-threads", type=int, default=None)
     parser.add_argument("--loads", nargs="+", default=["none", "spin:1", "learner"])
     parser.add_argument("--graph-policy", action="store_true", help="act through GraphedPolicy")
+    parser.add_argument(
+        "--graph-priorities",
+        nargs="+",
+        type=int,
+        default=None,
+        help="with --graph-policy: capture priorities to compare (default: the async collector's)",
+    )
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
@@ -165,38 +192,55 @@ def main() -> None:
     cfg = load_config(*overrides)
     env = make_training_env(cfg)
     policy = build_agent(cfg, env).policy.requires_grad_(False)
-    if args.graph_policy:
-        from dreamer.policy.graphed_acting import GraphedPolicy
-
-        policy = GraphedPolicy(policy)
     spent = {"physics": 0.0}  # wall time inside the base env's mujoco.rollout calls
     time_calls(env.base_env._pool, "rollout", spent, "physics")
     device = torch.device(args.device)
 
+    from dreamer.collector.background import ACTING_PRIORITY
+
+    policies: dict[str, torch.nn.Module] = {"eager": policy}
+    if args.graph_policy:
+        from tensordict.nn import InteractionType
+
+        from dreamer.policy.graphed_acting import GraphedPolicy
+
+        policies = {}
+        for priority in args.graph_priorities or [ACTING_PRIORITY]:
+            graphed = GraphedPolicy(policy, priority=priority)
+            # Captured before any load starts, as the async collector does.
+            graphed.capture(env.fake_tensordict().to(device), InteractionType.RANDOM)
+            policies[f"graph@{priority}"] = graphed
+    acting_stream = None
+    if device.type == "cuda":  # the async collector's stream
+        acting_stream = torch.cuda.Stream(device, priority=ACTING_PRIORITY)
+
     rows = []
     print(
-        f"{'load':>18} {'steps/s':>10} {'step ms':>8} {'policy':>7} {'physics':>8} "
-        f"{'env rest':>8} {'load rate/s':>11}"
+        f"{'policy':>9} {'load':>18} {'steps/s':>10} {'step ms':>8} {'policy':>7} "
+        f"{'physics':>8} {'env rest':>8} {'load rate/s':>11}"
     )
     for load in args.loads:
-        procs, stop, counts = start_load(load, args.model)
-        before = [c.value for c in counts]
-        t0 = time.perf_counter()
-        row = {"load": load, **measure(env, policy, spent, args.steps, device)}
-        elapsed = time.perf_counter() - t0
-        row["load_rate_per_s"] = (
-            sum(c.value - b for c, b in zip(counts, before, strict=True)) / elapsed
-        )
-        stop.set()
-        for proc in procs:
-            proc.join(60)
-        rows.append(row)
-        print(
-            f"{load:>18} {row['env_steps_per_s']:>10,.0f} {row['step_ms']:>8.2f} "
-            f"{row['policy_ms']:>7.2f} {row['physics_ms']:>8.2f} {row['env_rest_ms']:>8.2f} "
-            f"{row['load_rate_per_s']:>11.1f}",
-            flush=True,
-        )
+        for name, acting in policies.items():
+            procs, stop, counts = start_load(load, args.model)
+            before = [c.value for c in counts]
+            t0 = time.perf_counter()
+            with torch.cuda.stream(acting_stream):  # a no-op for None
+                row = {"policy": name, "load": load}
+                row.update(measure(env, acting, spent, args.steps, device))
+            elapsed = time.perf_counter() - t0
+            row["load_rate_per_s"] = (
+                sum(c.value - b for c, b in zip(counts, before, strict=True)) / elapsed
+            )
+            stop.set()
+            for proc in procs:
+                proc.join(60)
+            rows.append(row)
+            print(
+                f"{name:>9} {load:>18} {row['env_steps_per_s']:>10,.0f} {row['step_ms']:>8.2f} "
+                f"{row['policy_ms']:>7.2f} {row['physics_ms']:>8.2f} "
+                f"{row['env_rest_ms']:>8.2f} {row['load_rate_per_s']:>11.1f}",
+                flush=True,
+            )
     if args.json:
         meta = {
             "date": datetime.date.today().isoformat(),

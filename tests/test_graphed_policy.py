@@ -152,9 +152,10 @@ def test_replays_match_the_eager_policy_and_follow_weights_and_inputs(acting, sm
         graphed(_mid_episode(dims, 4, "cuda"))  # another batch shape: a second graph
         assert len(graphed.graphs) == 2
     # Captured ahead (as the async collector does on the training thread), then replayed.
-    ahead = GraphedPolicy(policy)
+    ahead = GraphedPolicy(policy, priority=-1)
     ahead.capture(_mid_episode(dims, 6, "cuda"), InteractionType.RANDOM)
     assert len(ahead.graphs) == 1
+    assert ahead.capture_stream.priority == -1 and graphed.capture_stream.priority == 0
     with torch.no_grad(), set_interaction_type(InteractionType.RANDOM):
         td = _mid_episode(dims, 6, "cuda", 9)
         torch.testing.assert_close(

@@ -132,8 +132,10 @@ class BackgroundCollector:
         self.lock = threading.Lock()
         self.acting = acting_copy(learner_policy, acting_device)
         cuda = torch.device(acting_device).type == "cuda"
-        # Acting kernels go first when both are ready: above the learner's world-model branch
-        # (WORLD_MODEL_PRIORITY, -1) and its actor-critic branch (0).
+        # The thread's eager kernels (the env's copies, the collector's, an eager policy) go
+        # first when ready: above the learner's world-model branch (WORLD_MODEL_PRIORITY, -1)
+        # and its actor-critic branch (0). A captured acting graph keeps the priority it was
+        # captured at instead (GraphedPolicy's ``priority``; make_batch_source says which).
         self.stream = torch.cuda.Stream(acting_device, priority=ACTING_PRIORITY) if cuda else None
         self.acting_weights = policy_weights(self.acting)
         self.staged = StagedWeights(self.acting_weights) if cuda else None

@@ -32,13 +32,24 @@ class GraphedPolicy(TensorDictModuleBase):
             on the data (true of the acting policy: resets are ``where``s, samples are on-device).
         warmup: eager calls on a side stream before capture (cuBLAS and allocator warm-up).
         max_graphs: graphs kept at most; further (shape, exploration) keys run eagerly.
+        priority: the CUDA stream priority its kernels run at (lower runs first). A graph keeps
+            the priority of the stream it was captured on, whichever stream replays it (PyTorch
+            instantiates graphs with node priorities), so it is captured on a stream of this
+            priority (``make_batch_source`` says which the async collector uses, and why).
     """
 
-    def __init__(self, policy: TensorDictModuleBase, warmup: int = 3, max_graphs: int = 4):
+    def __init__(
+        self,
+        policy: TensorDictModuleBase,
+        warmup: int = 3,
+        max_graphs: int = 4,
+        priority: int = 0,
+    ):
         super().__init__()
         self.policy = policy
         self.in_keys, self.out_keys = list(policy.in_keys), list(policy.out_keys)
-        self.warmup, self.max_graphs = warmup, max_graphs
+        self.warmup, self.max_graphs, self.priority = warmup, max_graphs, priority
+        self.capture_stream: torch.cuda.Stream | None = None
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, TensorDictBase, TensorDictBase]] = {}
         self.failed: set[tuple] = set()
 
@@ -52,7 +63,8 @@ class GraphedPolicy(TensorDictModuleBase):
     def _capture(self, key: tuple, tensordict: TensorDictBase):
         static_in = tensordict.select(*self.in_keys).clone()
         device = torch.device(key[1])
-        side = torch.cuda.Stream(device)
+        # Not torch.cuda.graph's default capture stream: that one has the default priority.
+        side = torch.cuda.Stream(device, priority=self.priority)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
@@ -61,8 +73,9 @@ class GraphedPolicy(TensorDictModuleBase):
         graph = torch.cuda.CUDAGraph()
         # thread_local: in pipeline.mode=async this runs in the collection thread while the
         # training thread keeps using CUDA; only this thread's calls must be capture-safe.
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
             static_out = self.policy(static_in.clone()).select(*self.out_keys)
+        self.capture_stream = side
         self.graphs[key] = (graph, static_in, static_out)
         return self.graphs[key]
 
