@@ -29,7 +29,6 @@ ready), ``physics`` (``mujoco.rollout`` stepping every env ``decimation`` times)
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import multiprocessing as mp
 import statistics
@@ -178,6 +177,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from bench_env import time_calls
+    from machine import describe_machine
 
     from dreamer.agent import build_agent
     from dreamer.config import load_config
@@ -243,9 +243,7 @@ def main() -> None:
             )
     if args.json:
         meta = {
-            "date": datetime.date.today().isoformat(),
-            "torch": torch.__version__,
-            "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+            **describe_machine(device),
             "physics_threads": env.base_env.physics_threads,
             "args": vars(args),
         }

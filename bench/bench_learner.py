@@ -35,10 +35,8 @@ for the kernels per update, and the replay rate the FLOPs allow at ``--peak-tflo
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
-import platform
 import statistics
 import sys
 import time
@@ -52,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+from machine import describe_machine  # noqa: E402
 from op_count import count_ops, summary  # noqa: E402
 from torchrl_stock import build_stock_learner, stock_sequences  # noqa: E402
 
@@ -358,11 +357,7 @@ def main() -> None:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
     meta = {
-        "date": datetime.date.today().isoformat(),
-        "device": torch.cuda.get_device_name()
-        if args.device.startswith("cuda")
-        else platform.processor(),
-        "torch": torch.__version__,
+        **describe_machine(args.device),
         "model": args.model,
         "horizon": args.horizon,
         "command": " ".join(sys.argv),

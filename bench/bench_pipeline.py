@@ -22,7 +22,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 import tempfile
@@ -32,6 +31,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from machine import describe_machine  # noqa: E402
 
 from dreamer.config import load_config  # noqa: E402
 from dreamer.training.loop import train  # noqa: E402
@@ -108,10 +110,7 @@ def main() -> None:
         rows.append(run(mode, args))
         print(json.dumps(rows[-1]), flush=True)
     meta = {
-        "date": datetime.date.today().isoformat(),
-        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
-        "gpus": torch.cuda.device_count(),
-        "cpus": len(__import__("os").sched_getaffinity(0)),
+        **describe_machine(args.device),
         "command": " ".join(sys.argv),
         "switch_interval_ms": sys.getswitchinterval() * 1e3,
     }
