@@ -59,7 +59,7 @@ from dreamer.config import load_config  # noqa: E402
 from dreamer.training.concurrent_loss import branch_stream  # noqa: E402
 from dreamer.training.config_check import resolve_compile  # noqa: E402
 from dreamer.training.graphed_update import GraphedUpdate  # noqa: E402
-from dreamer.training.loop import make_training_env, use_tf32  # noqa: E402
+from dreamer.training.loop import make_training_env, use_blas, use_tf32  # noqa: E402
 from dreamer.training.update import update_step  # noqa: E402
 from dreamer.world_model.fused_ops import set_fused_kernels  # noqa: E402
 from dreamer.world_model.networks import model_size_from_config  # noqa: E402
@@ -328,6 +328,8 @@ def main() -> None:
     args = parser.parse_args()
     args._profiled = False
     use_tf32(True)
+    if args.device.startswith("cuda"):
+        use_blas(str(load_config().learner.blas))  # as training sets it
     if args.scan_syncs:
         syncs = scan_host_syncs(args)
         print(f"host syncs in one eager update: {len(syncs)} places")

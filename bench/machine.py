@@ -1,8 +1,9 @@
 """What a benchmark ran on, for its JSON and its printout: date, GPU, host CPU, versions.
 
 Lent machines of one kind differ: the same pipeline run collected 120k-185k env steps/s on
-different H100 hosts on one day (docs/benchmarks.md). The host's CPU model and usable cores
-let such figures be told apart afterwards.
+different H100 hosts on one day (docs/benchmarks.md). The CPU model and usable cores are
+recorded to tell such hosts apart where they can (the lent H100 VMs of 2026-11-25 named their
+CPU only "Intel(R) Xeon(R) Processor").
 """
 
 from __future__ import annotations

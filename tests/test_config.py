@@ -159,6 +159,27 @@ def test_pipeline_modes():
         validate_config(_cfg("pipeline.mode=process", "collector.backend=ray"))
 
 
+def test_learner_blas_names_a_cuda_blas_library():
+    validate_config(_cfg("learner.blas=cublas"))
+    with pytest.raises(ConfigError, match="learner.blas must be one of cublas, cublaslt"):
+        validate_config(_cfg("learner.blas=mkl"))
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_use_blas_sets_the_library_torch_prefers():
+    import torch
+
+    from dreamer.training.loop import use_blas
+
+    before = torch.backends.cuda.preferred_blas_library()
+    try:
+        for library in ("cublas", "cublaslt"):
+            use_blas(library)
+            assert torch.backends.cuda.preferred_blas_library().name.lower() == library
+    finally:
+        torch.backends.cuda.preferred_blas_library(before)
+
+
 def test_two_gpu_layout_falls_back_to_one_visible_gpu(monkeypatch):
     import torch
 

@@ -7,6 +7,9 @@ import os
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+# torch's CUDA BLAS choices on NVIDIA GPUs (``torch.backends.cuda.preferred_blas_library``).
+BLAS_LIBRARIES = ("cublas", "cublaslt")
+
 
 class ConfigError(ValueError):
     """A config value that cannot work, with the fix in the message."""
@@ -109,6 +112,10 @@ def validate_config(cfg: DictConfig) -> None:
     if cfg.loss.actor_grad not in ("dynamics", "reinforce"):
         raise ConfigError(
             f"loss.actor_grad must be 'dynamics' or 'reinforce', got {cfg.loss.actor_grad!r}."
+        )
+    if str(cfg.learner.blas) not in BLAS_LIBRARIES:
+        raise ConfigError(
+            f"learner.blas must be one of {', '.join(BLAS_LIBRARIES)}, got {cfg.learner.blas!r}."
         )
     if str(cfg.pipeline.mode) not in ("sync", "async", "process"):
         raise ConfigError(

@@ -85,6 +85,12 @@ def use_tf32(enabled: bool) -> None:
     torch.backends.cudnn.allow_tf32 = enabled
 
 
+def use_blas(library: str) -> None:
+    """Make ``library`` (``learner.blas``: cublas or cublaslt) torch's preferred CUDA BLAS for
+    this process (the learner benchmark's too)."""
+    torch.backends.cuda.preferred_blas_library(library)
+
+
 def log_open_loop_figure(logger: TensorBoardLogger, agent, sequences, task: str, step: int) -> None:
     """Log the open-loop prediction figure for one replay row that holds a single segment."""
     whole = ~sequences["is_init"].reshape(sequences.shape)[:, 1:].any(-1)
@@ -117,6 +123,7 @@ def train(cfg: DictConfig) -> dict:
         # the acting copy may live on another GPU (pipeline.acting_device).
         torch.cuda.set_device(indexed_cuda_device(cfg.device))
         use_tf32(bool(cfg.learner.tf32))
+        use_blas(str(cfg.learner.blas))
     set_fused_kernels(bool(cfg.learner.fused_kernels))  # before the learner's graph is captured
     resume_state = read_resume_checkpoint(cfg) if cfg.resume is not None else None
     rank = init_distributed(cfg)  # per-rank device and seed; rank 0 alone writes files
