@@ -16,7 +16,9 @@ batches (Ant's 60-dim observation, 8-dim action, episode starts at rate 1/200):
   against the torch code at the same sizes, e.g. ``16x64:ours_graph,ours_graph_unfused``;
 * ``..._serial``: any ``ours_*`` variant with the actor-critic losses on the world model's stream
   (``learner.concurrent_branches=false``, :mod:`dreamer.training.concurrent_loss`);
-  ``..._flat``: the two branches on streams of equal priority.
+  ``..._flat``: the two branches on streams of equal priority; ``..._norepgrad``: the replay
+  critic's loss kept out of the world model (``loss.replay_value_grad=false``, DreamerV3's
+  ``repval_grad``).
 
 Usage::
 
@@ -135,6 +137,8 @@ def build_update(variant: str, cfg, env, example):
 def time_run(variant: str, batch: int, steps: int, args) -> dict:
     device = torch.device(args.device)
     cfg = make_cfg(args.model, args.device, "compiled" in variant, args.horizon)
+    if "norepgrad" in variant:  # DreamerV3's repval_grad off (loss.replay_value_grad=false)
+        cfg.loss.replay_value_grad = False
     env = make_training_env(cfg)
     obs_dim = env.observation_spec["policy"].shape[-1]
     action_dim = env.action_spec.shape[-1]

@@ -214,6 +214,13 @@ def make_objective(
         actor_loss=actor_loss,
         slow_critic_regularization=loss_cfg.slow_critic_regularization,
     )
+    if not loss_cfg.get("replay_value_grad", True):
+        if not hasattr(value_loss, "replay_grad"):
+            raise ValueError(
+                f"loss.replay_value_grad=false needs {DreamerValueLoss.__name__}; "
+                f"{value_loss_class.__name__} always trains the world model on replay values."
+            )
+        value_loss.replay_grad = False
     loss = DreamerV3Loss(
         model_loss,
         actor_loss,

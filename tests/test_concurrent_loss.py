@@ -86,3 +86,33 @@ def test_graphed_update_with_the_side_stream_matches_one_stream(smoke_cfg):
                 torch.testing.assert_close(
                     param.grad, reference[name].grad, rtol=1e-4, atol=1e-5, msg=name
                 )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_replay_critic_waits_on_the_imagined_returns_event(smoke_cfg, monkeypatch):
+    smoke_cfg.device = "cuda"
+    agent = _agent(smoke_cfg, 12)
+    recorded = []
+    original = agent.loss.actor_loss.lambda_target
+
+    def lambda_target(*args, **kwargs):
+        target = original(*args, **kwargs)
+        recorded.append(list(agent.loss.actor_loss.target_events))
+        return target
+
+    monkeypatch.setattr(agent.loss.actor_loss, "lambda_target", lambda_target)
+    waited, wait_event = [], torch.cuda.Stream.wait_event
+
+    def record_wait(self, event):
+        waited.append(event)
+        return wait_event(self, event)
+
+    monkeypatch.setattr(torch.cuda.Stream, "wait_event", record_wait)
+    side = branch_stream(torch.device("cuda"))
+    sample = _sequences(4, 8, obs_dim=4, action_dim=2).to("cuda")
+    dreamer_losses(agent.loss, sample, side, backward=True)
+    torch.cuda.synchronize()
+    # One lambda-target call, which recorded one event; the main stream waited on it.
+    assert len(recorded) == 1 and len(recorded[0]) == 1
+    assert any(event is recorded[0][0] for event in waited)
+    assert agent.loss.actor_loss.target_events is None

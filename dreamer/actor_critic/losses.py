@@ -20,7 +20,15 @@ from dreamer.world_model.fused_ops import use_fused
 
 
 class DreamerActorLoss(DreamerV3ActorLoss):
-    """``DreamerV3ActorLoss`` whose returns over the dream come from :func:`dream_lambda_returns`."""
+    """``DreamerV3ActorLoss`` whose returns over the dream come from :func:`dream_lambda_returns`.
+
+    ``target_events``: while the update sets it to a list, each call of :meth:`lambda_target` on
+    CUDA appends an event recorded as soon as the returns exist. The replay critic needs only
+    those returns, so its stream can wait for them rather than for the rest of the actor's and
+    the critic's forward passes (:mod:`dreamer.training.concurrent_loss`).
+    """
+
+    target_events: list | None = None
 
     def lambda_target(
         self,
@@ -31,14 +39,28 @@ class DreamerActorLoss(DreamerV3ActorLoss):
         """The lambda-returns ``[..., H, 1]`` of the dream, discounted by its continuations."""
         if continuation is None or not use_fused(reward, value, continuation):
             # TorchRL's loop (named, not super(): the tests call this on a stand-in holder).
-            return DreamerV3ActorLoss.lambda_target(self, reward, value, continuation)
-        gamma = self.value_estimator.gamma.to(reward)
-        lmbda = self.value_estimator.lmbda.to(reward)
-        return dream_lambda_returns(reward, value, continuation, gamma, lmbda)
+            target = DreamerV3ActorLoss.lambda_target(self, reward, value, continuation)
+        else:
+            gamma = self.value_estimator.gamma.to(reward)
+            lmbda = self.value_estimator.lmbda.to(reward)
+            target = dream_lambda_returns(reward, value, continuation, gamma, lmbda)
+        events = getattr(self, "target_events", None)
+        if events is not None and target.is_cuda:
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(target.device))
+            events.append(event)
+        return target
 
 
 class DreamerValueLoss(DreamerV3ValueLoss):
-    """``DreamerV3ValueLoss`` whose replay targets come from :func:`replay_lambda_returns`."""
+    """``DreamerV3ValueLoss`` whose replay targets come from :func:`replay_lambda_returns`.
+
+    ``replay_grad``: whether the loss on replayed states sends gradient into those states, and
+    so into the world model (DreamerV3's ``repval_grad``, on by default; the config's
+    ``loss.replay_value_grad``). Off, it trains the critic alone.
+    """
+
+    replay_grad: bool = True
 
     def replay_value_loss(
         self,
@@ -56,6 +78,9 @@ class DreamerValueLoss(DreamerV3ValueLoss):
             ``loss_replay_value``, the scalar unweighted loss.
         """
         keys = self.tensor_keys
+        if not self.replay_grad:
+            features = tensordict.select(*self.value_model.in_keys, strict=False).detach()
+            tensordict = tensordict.clone(False).update(features)
         done = tensordict.get(("next", keys.done))
         target = replay_lambda_returns(
             tensordict.get(("next", keys.reward)),

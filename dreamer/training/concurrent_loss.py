@@ -14,9 +14,13 @@ apart; CUDA-graph capture records the two streams as two parallel branches of th
 sub-losses, in the same order (so the random draws are the same), with the ``actor_loss`` and
 ``value_loss`` calls on ``side_stream``. The replay value loss stays on the main stream: its
 gradient reaches the posterior features, so the world model's backward waits for it either way,
-and it is cheap. ``tests/test_concurrent_loss.py`` checks the result against
-``DreamerV3Loss.forward`` (CPU, bitwise) and the graphed update with and without the side stream
-(CUDA).
+and it is cheap. The streams meet only where they must: imagination waits for the posterior
+states (not for the world model's heads), and the replay critic waits for the imagined returns
+(not for the actor's and critic's passes after them). With ``backward=True`` the backward pass
+is run in pieces placed by the same rule (:mod:`dreamer.world_model.filter_cut`).
+``tests/test_concurrent_loss.py`` checks the result against ``DreamerV3Loss.forward`` (CPU,
+bitwise) and the graphed update with and without the side stream (CUDA);
+``tests/test_filter_cut.py`` checks the pieces' gradients against one ``backward()``.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives import DreamerV3Loss
 
 from dreamer.replay.prefetch import keep_until_used
+from dreamer.world_model.filter_cut import cut_filter_outputs
 
 # CUDA runs ready kernels of a higher-priority stream (lower number) first, and a CUDA graph keeps
 # each kernel's capture-time priority (PyTorch instantiates graphs with node priorities). The
@@ -79,36 +84,97 @@ def _replay_value(
     return replay["loss_replay_value"]
 
 
+def _watch_returns(actor_loss, enabled: bool) -> list | None:
+    """The list that ``actor_loss`` appends an event to when its imagined returns exist
+    (:class:`~dreamer.actor_critic.losses.DreamerActorLoss`); ``None`` when not ``enabled`` or
+    for an actor loss that records none."""
+    if not enabled or not hasattr(actor_loss, "target_events"):
+        return None
+    actor_loss.target_events = []
+    return actor_loss.target_events
+
+
+def _loss_sum(losses: TensorDictBase) -> torch.Tensor:
+    """The sum of ``losses``' ``loss_*`` entries (what the update backpropagates)."""
+    return sum(value.sum() for key, value in losses.items() if key.startswith("loss_"))
+
+
+def _backward(device_type: str, tensors, grads=None, retain_graph: bool = False) -> None:
+    """``torch.autograd.backward`` outside autocast: backward ops keep their forward's dtypes,
+    and the custom functions' own backward code (deferred weight gradients) must not be cast."""
+    with torch.autocast(device_type, enabled=False):
+        torch.autograd.backward(tensors, grads, retain_graph=retain_graph)
+
+
 def dreamer_losses(
-    loss: DreamerV3Loss, sample: TensorDictBase, side_stream: torch.cuda.Stream | None = None
+    loss: DreamerV3Loss,
+    sample: TensorDictBase,
+    side_stream: torch.cuda.Stream | None = None,
+    backward: bool = False,
 ) -> TensorDictBase:
     """``loss(sample)``, with the actor and critic losses queued on ``side_stream`` (if given).
 
     Returns the same entries as ``DreamerV3Loss.forward``: the scalar losses and metrics and the
     detached posterior under ``replay_context``.
+
+    With ``backward``, it also backpropagates the sum of the ``loss_*`` entries (into the
+    parameters' ``.grad``), in three calls that put each piece of the backward pass where it
+    waits least (:mod:`dreamer.world_model.filter_cut`): the world model's heads down to the
+    filter's outputs while the actor-critic stream imagines, the replay critic once imagination
+    gives its bootstrap, then the filter beside the imagination's backward.
     """
-    model_losses, posterior = loss.model_loss(sample)
+    if backward and not torch.is_grad_enabled():
+        raise RuntimeError("dreamer_losses(backward=True) needs gradients enabled.")
+    device_type = sample.get("action").device.type
+    with cut_filter_outputs(backward) as cut:
+        model_losses, posterior = loss.model_loss(sample)
     starts = _actor_input(loss, posterior, sample.numel())
     main_stream = torch.cuda.current_stream(side_stream.device) if side_stream else None
     if side_stream is not None:
-        side_stream.wait_stream(main_stream)
+        if cut is not None and cut.ready is not None:  # the states exist; heads need not finish
+            side_stream.wait_event(cut.ready)
+        else:
+            side_stream.wait_stream(main_stream)
         keep_until_used(starts, side_stream)
+    returns_ready = _watch_returns(loss.actor_loss, side_stream is not None)
     with torch.cuda.stream(side_stream):  # a no-op for None
         actor_losses, imagined = loss.actor_loss(starts)
         value_losses, _ = loss.value_loss(imagined.detach())
         bootstrap = imagined.get("lambda_target")[..., 0, 0]
+        if cut is not None:  # on this stream: the branch's backward needs no wait for the main one
+            branch = _loss_sum(actor_losses) + _loss_sum(value_losses)
+            branch_grad = torch.ones_like(branch)
+    if returns_ready is not None:
+        loss.actor_loss.target_events = None
+    if cut is not None:
+        # Kept: the replay critic reads the posterior states through the same ops after the
+        # cut (where a row's next observation is invalid, a state sampled from the prior).
+        _backward(device_type, _loss_sum(model_losses), retain_graph=True)
     if side_stream is not None:
-        main_stream.wait_stream(side_stream)
-        for entries in (actor_losses, value_losses):
-            keep_until_used(entries, main_stream)
+        # The replay critic needs the imagined returns only, not the actor's and critic's
+        # forward passes that follow them on the branch.
+        if returns_ready:
+            main_stream.wait_event(returns_ready[-1])
+        else:
+            main_stream.wait_stream(side_stream)
         bootstrap.record_stream(main_stream)
     if loss.replay_value_loss_weight:
         replay_value = _replay_value(loss, sample, posterior, bootstrap)
     else:
         replay_value = bootstrap.new_zeros(())
+    weighted_replay_value = loss.replay_value_loss_weight * replay_value
+    if cut is not None:
+        if weighted_replay_value.requires_grad:
+            _backward(device_type, weighted_replay_value)
+        outputs, grads = cut.backward_targets()
+        _backward(device_type, [branch, *outputs], [branch_grad, *grads])
+    if side_stream is not None:
+        main_stream.wait_stream(side_stream)
+        for entries in (actor_losses, value_losses):
+            keep_until_used(entries, main_stream)
     result = model_losses.apply(torch.squeeze)
     result.update(actor_losses).update(value_losses)
-    result.set("loss_replay_value", loss.replay_value_loss_weight * replay_value)
+    result.set("loss_replay_value", weighted_replay_value)
     result.set("replay_value", replay_value.detach())
     context = posterior.get("next").select(loss.tensor_keys.state, loss.tensor_keys.belief)
     result.set(loss.tensor_keys.replay_context, context.detach())

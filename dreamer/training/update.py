@@ -41,7 +41,7 @@ def update_step(
     grad_hook: Callable[[Agent], None] | None = None,
     side_stream: torch.cuda.Stream | None = None,
 ) -> TensorDictBase:
-    """Compute all DreamerV3 losses on ``[B, T]`` sequences, backprop once, step, EMA the critic.
+    """Compute all DreamerV3 losses on ``[B, T]`` sequences, backprop, step, EMA the critic.
 
     ``step_optimizer`` replaces ``agent.optimizer.step`` and returns the gradients' global norm
     (the CUDA-graph learner passes its device-counter step, :func:`gradient_norm` before it or
@@ -52,12 +52,11 @@ def update_step(
     the detached loss and metric entries (no host sync happens here).
     """
     device_type = sequences.get("action").device.type
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=mixed_precision):
-        losses = dreamer_losses(agent.loss, sequences, side_stream)
-        terms = loss_terms(losses)
-        total = sum(value.sum() for value in terms.values())
     agent.optimizer.zero_grad(set_to_none=True)
-    total.backward()
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=mixed_precision):
+        # The backward pass runs inside, in pieces placed where they wait least.
+        losses = dreamer_losses(agent.loss, sequences, side_stream, backward=True)
+        total = sum(value.sum() for value in loss_terms(losses).values())
     if grad_hook is not None:
         grad_hook(agent)
     # The loss terms can all be finite while a gradient is not; the guard watches this norm too.

@@ -13,6 +13,7 @@ from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
 
+from dreamer.world_model.filter_cut import active_cut
 from dreamer.world_model.networks import ModelSize, symlog
 from dreamer.world_model.observations import HEADS, VECTOR_KEY, as_tuple
 from dreamer.world_model.rssm import observe_sequence, prior_where_next_obs_invalid
@@ -84,6 +85,8 @@ class WorldModel(TensorDictModuleBase):
         valid = nxt.get("final_obs_valid", None)
         if valid is not None:
             outputs = prior_where_next_obs_invalid(outputs, valid, self.prior.unimix)
+        if (cut := active_cut()) is not None:  # imagination starts from these states
+            cut.mark_ready(outputs["state"].device)
         feature = torch.cat([outputs["state"], outputs["belief"]], -1)
         reward_logits = self.reward_head(feature)
         for key, value in outputs.items():

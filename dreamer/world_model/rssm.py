@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torchrl.modules import RSSMPosteriorV3, RSSMPriorV3
 
 from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype, worth_deferring
+from dreamer.world_model.filter_cut import active_cut
 from dreamer.world_model.rssm_parts import rssm_parts
 from dreamer.world_model.rssm_step import (
     action_features,
@@ -111,11 +112,16 @@ def observe_sequence(
         states.append(state)
         beliefs.append(belief)
         state, belief = next_state, next_belief
-    belief = torch.stack(beliefs, 1)
+    outputs = [torch.stack(x, 1) for x in (post_logits, states, beliefs)]
+    # Inside an update, what reads the filter's outputs (the prior head included) is cut off
+    # from the loop, so its backward can run early (dreamer/world_model/filter_cut.py).
+    if (cut := active_cut()) is not None:
+        outputs = [cut.cut(x) for x in outputs]
+    post_logits, state, belief = outputs
     return {
         "prior_logits": prior_logits(cell, belief),
-        "posterior_logits": torch.stack(post_logits, 1),
-        "state": torch.stack(states, 1),
+        "posterior_logits": post_logits,
+        "state": state,
         "belief": belief,
     }
 
