@@ -94,7 +94,7 @@ def _watch_returns(actor_loss, enabled: bool) -> list | None:
     return actor_loss.target_events
 
 
-def _loss_sum(losses: TensorDictBase) -> torch.Tensor:
+def loss_sum(losses: TensorDictBase) -> torch.Tensor:
     """The sum of ``losses``' ``loss_*`` entries (what the update backpropagates)."""
     return sum(value.sum() for key, value in losses.items() if key.startswith("loss_"))
 
@@ -141,15 +141,15 @@ def dreamer_losses(
         actor_losses, imagined = loss.actor_loss(starts)
         value_losses, _ = loss.value_loss(imagined.detach())
         bootstrap = imagined.get("lambda_target")[..., 0, 0]
-        if cut is not None:  # on this stream: the branch's backward needs no wait for the main one
-            branch = _loss_sum(actor_losses) + _loss_sum(value_losses)
+        if cut is not None:  # summed on the stream that made the branch's losses
+            branch = loss_sum(actor_losses) + loss_sum(value_losses)
             branch_grad = torch.ones_like(branch)
     if returns_ready is not None:
         loss.actor_loss.target_events = None
     if cut is not None:
         # Kept: the replay critic reads the posterior states through the same ops after the
         # cut (where a row's next observation is invalid, a state sampled from the prior).
-        _backward(device_type, _loss_sum(model_losses), retain_graph=True)
+        _backward(device_type, loss_sum(model_losses), retain_graph=True)
     if side_stream is not None:
         # The replay critic needs the imagined returns only, not the actor's and critic's
         # forward passes that follow them on the branch.

@@ -8,7 +8,7 @@ import torch
 from tensordict import TensorDictBase
 
 from dreamer.agent import Agent
-from dreamer.training.concurrent_loss import dreamer_losses
+from dreamer.training.concurrent_loss import dreamer_losses, loss_sum
 
 GRAD_NORM_KEY = "grad_norm"
 
@@ -56,7 +56,7 @@ def update_step(
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=mixed_precision):
         # The backward pass runs inside, in pieces placed where they wait least.
         losses = dreamer_losses(agent.loss, sequences, side_stream, backward=True)
-        total = sum(value.sum() for value in loss_terms(losses).values())
+        total = loss_sum(losses)
     if grad_hook is not None:
         grad_hook(agent)
     # The loss terms can all be finite while a gradient is not; the guard watches this norm too.
