@@ -18,7 +18,10 @@ batches (Ant's 60-dim observation, 8-dim action, episode starts at rate 1/200):
   (``learner.concurrent_branches=false``, :mod:`dreamer.training.concurrent_loss`);
   ``..._flat``: the two branches on streams of equal priority; ``..._norepgrad``: the replay
   critic's loss kept out of the world model (``loss.replay_value_grad=false``, DreamerV3's
-  ``repval_grad``).
+  ``repval_grad``); ``..._acsms<N>``: the actor-critic branch on a CUDA green context of ``N``
+  SMs (rounded up by the driver), the world model's stream unrestricted; ``..._wmsms<N>``: the
+  world model's stream (the capture stream) on a green context of ``N`` SMs and the actor-critic
+  branch on the other SMs (``bench/green_streams.py``; experiments, not a training option).
 
 Usage::
 
@@ -26,7 +29,8 @@ Usage::
         --runs 16x64:stock,ours_eager,ours_graph,ours_graph_bf16 1024x64:ours_graph_bf16 \
         --json out.json
 
-Prints one table row per run; ``--profile`` adds a CUDA kernel-time vs wall-time breakdown of the
+Prints one table row per run (the last update's total loss beside it, marked NOT FINITE when it is
+NaN or infinite); ``--profile`` adds a CUDA kernel-time vs wall-time breakdown of the
 first graphed run, and ``--trace FILE`` writes that run's kernels of one update in launch order
 (name, stream, start and duration in microseconds) as JSON. ``--count-ops`` times nothing: it counts the ATen ops and the FLOPs of one
 update of each ``ours_*`` run (the graph learner's step function run eagerly; a device-free proxy
@@ -37,8 +41,10 @@ for the kernels per update, and the replay rate the FLOPs allow at ``--peak-tflo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
+import re
 import statistics
 import sys
 import time
@@ -98,6 +104,48 @@ def make_cfg(model: str, device: str, compiled: bool, horizon: int):
     return cfg
 
 
+@contextlib.contextmanager
+def green_branches(variant: str):
+    """For ``_acsms<N>`` / ``_wmsms<N>`` variants: the streams on green contexts, patched in where
+    the graphed update makes its streams; yields the capture stream (``None``: its own)."""
+    ac_only, split = re.search(r"_acsms(\d+)", variant), re.search(r"_wmsms(\d+)", variant)
+    if not (ac_only or split):
+        yield None
+        return
+    from green_streams import split_streams
+
+    import dreamer.training.graphed_update as graphed_update
+
+    if ac_only:
+        branch, _, info = split_streams(int(ac_only.group(1)))
+        capture = None
+    else:
+        capture, branch, info = split_streams(int(split.group(1)), priorities=(-1, 0))
+    print(f"{variant}: green contexts {info}", flush=True)
+    original = graphed_update.branch_stream
+
+    def green_branch(device, enabled=True):
+        original(device, enabled)  # its process-wide setting
+        return branch
+
+    graphed_update.branch_stream = green_branch
+    try:
+        yield capture
+    finally:
+        graphed_update.branch_stream = original
+
+
+class CaptureOn(GraphedUpdate):
+    """A graphed update captured on a given stream (a green context's)."""
+
+    capture_on: torch.cuda.Stream | None = None
+
+    def _capture(self, warmup_updates: int) -> None:
+        if self.capture_on is not None:
+            self.capture_stream = self.capture_on
+        super()._capture(warmup_updates)
+
+
 def build_update(variant: str, cfg, env, example):
     """Return ``update(sequences)`` for ``variant`` and a function preparing its input."""
     size = model_size_from_config(cfg.model)
@@ -124,13 +172,15 @@ def build_update(variant: str, cfg, env, example):
     if variant.startswith("ours_eager"):
         stream = branch_stream(example.get("action").device, concurrent)
         return (lambda s: update_step(agent, s, side_stream=stream)), (lambda s: s)
-    graphed = GraphedUpdate(
-        agent,
-        example,
-        mixed_precision="bf16" in variant,
-        concurrent_branches=concurrent,
-        prioritise_world_model="flat" not in variant,
-    )
+    with green_branches(variant) as capture:
+        CaptureOn.capture_on = capture
+        graphed = CaptureOn(
+            agent,
+            example,
+            mixed_precision="bf16" in variant,
+            concurrent_branches=concurrent,
+            prioritise_world_model="flat" not in variant,
+        )
     return graphed, (lambda s: s)
 
 
@@ -375,6 +425,7 @@ def main() -> None:
     print(f"\n{meta}")
     print(
         f"{'variant':28s} {'B x T':>9s} {'ms/update':>10s} {'transitions/s':>14s} {'peak GiB':>9s}"
+        f" {'last loss':>10s}"
     )
     for row in rows:
         if "error" in row:
@@ -385,7 +436,9 @@ def main() -> None:
             print(
                 f"{row['variant']:28s} {row['batch']:>4d}x{row['length']:<4d} "
                 f"{row['ms_per_update']:10.2f} {row['transitions_per_s']:14,.0f} "
-                f"{row.get('peak_memory_gib', float('nan')):9.1f}"
+                f"{row.get('peak_memory_gib', float('nan')):9.1f} "
+                # A timing of an update whose losses went NaN is no timing of the learner.
+                f"{row['final_total_loss']:10.2f}{'' if row['finite'] else '  NOT FINITE'}"
             )
     for row in rows:
         if "profile" in row:

@@ -116,3 +116,52 @@ def test_the_replay_critic_waits_on_the_imagined_returns_event(smoke_cfg, monkey
     assert len(recorded) == 1 and len(recorded[0]) == 1
     assert any(event is recorded[0][0] for event in waited)
     assert agent.loss.actor_loss.target_events is None
+
+
+def test_the_losses_run_without_autocasts_cache_of_weight_casts(smoke_cfg, monkeypatch):
+    # Shared cached casts made the captured bf16 update's gradients NaN (the CUDA test below);
+    # each op must cast for itself, on the world model's side and the actor-critic side alike.
+    agent = _agent(smoke_cfg, 13)
+    seen = {}
+    for name in ("model_loss", "actor_loss", "value_loss"):
+        module = getattr(agent.loss, name)
+
+        def spy(*args, _name=name, _original=module.forward, **kwargs):
+            seen[_name] = (torch.is_autocast_enabled("cpu"), torch.is_autocast_cache_enabled())
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, "forward", spy)
+    sample = _sequences(2, 6, obs_dim=4, action_dim=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.is_autocast_cache_enabled()
+        dreamer_losses(agent.loss, sample, backward=True)
+        assert torch.is_autocast_cache_enabled()  # restored on the way out
+    assert seen == {name: (True, False) for name in ("model_loss", "actor_loss", "value_loss")}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_graphed_bf16_update_keeps_finite_gradients():
+    # With autocast's cached casts shared by the two streams, this update's gradient norm was
+    # NaN from the third replay on (small12m, 16x64, Ant's shapes; H100, 2026-12-07), while
+    # float32, eager bf16 and the unfused kernels stayed finite.
+    from dreamer.agent import build_agent
+    from dreamer.config import load_config
+    from dreamer.training.graphed_update import GraphedUpdate
+    from dreamer.training.loop import make_training_env
+
+    cfg = load_config("model=small12m", "device=cuda", "env.num_envs=4", "env.backend=mujoco")
+    cfg.compile.enabled = False
+    env = make_training_env(cfg)
+    torch.manual_seed(0)
+    agent = build_agent(cfg, env)
+    obs_dim, action_dim = env.observation_spec["policy"].shape[-1], env.action_spec.shape[-1]
+    batches = [_sequences(16, 64, obs_dim, action_dim).to("cuda") for _ in range(2)]
+    for batch in batches[1:]:
+        batch.apply_(lambda t: t.roll(1, 0) if t.is_floating_point() else t)
+    update = GraphedUpdate(agent, batches[0], mixed_precision=True, concurrent_branches=True)
+    assert update.side_stream is not None
+    for step in range(8):
+        metrics = update(batches[step % 2])
+        for key in [k for k in metrics.keys() if k.startswith("loss_")] + ["grad_norm"]:
+            assert torch.isfinite(metrics[key]).all(), f"{key} at update {step}"
+    assert all(torch.isfinite(p).all() for p in agent.loss.parameters())

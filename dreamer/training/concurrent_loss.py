@@ -25,6 +25,9 @@ bitwise) and the graphed update with and without the side stream (CUDA);
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives import DreamerV3Loss
@@ -106,6 +109,28 @@ def _backward(device_type: str, tensors, grads=None, retain_graph: bool = False)
         torch.autograd.backward(tensors, grads, retain_graph=retain_graph)
 
 
+@contextmanager
+def uncached_casts(device_type: str) -> Iterator[None]:
+    """Autocast as it is, but with its cache of weight casts off for everything inside.
+
+    Why: with the cache, each parameter is cast to bf16 once per autocast region, by whichever
+    stream uses it first, and both streams' ops then read that one copy through one autograd
+    node. With the backward pass in three calls (:mod:`dreamer.world_model.filter_cut`), the
+    captured bf16 update's gradient norm was NaN from its third replay on (H100, 2026-12-07;
+    ``tests/test_concurrent_loss.py`` has the case). The actor-critic stream waiting for the
+    whole world-model forward pass did not stop it, nor did clearing the cache where the streams
+    fork; each stream making its own casts did. The casts made per use cost about 0.1 ms of a
+    16.8 ms bf16 update at 16x64 (docs/benchmarks.md, "A NaN in the captured bf16 update").
+    Without autocast this is a no-op.
+    """
+    if not torch.is_autocast_enabled(device_type):
+        yield
+        return
+    dtype = torch.get_autocast_dtype(device_type)
+    with torch.autocast(device_type, dtype=dtype, cache_enabled=False):
+        yield
+
+
 def dreamer_losses(
     loss: DreamerV3Loss,
     sample: TensorDictBase,
@@ -126,6 +151,11 @@ def dreamer_losses(
     if backward and not torch.is_grad_enabled():
         raise RuntimeError("dreamer_losses(backward=True) needs gradients enabled.")
     device_type = sample.get("action").device.type
+    with uncached_casts(device_type):
+        return _dreamer_losses(loss, sample, side_stream, backward, device_type)
+
+
+def _dreamer_losses(loss, sample, side_stream, backward: bool, device_type: str) -> TensorDictBase:
     with cut_filter_outputs(backward) as cut:
         model_losses, posterior = loss.model_loss(sample)
     starts = _actor_input(loss, posterior, sample.numel())
