@@ -117,6 +117,144 @@ def check_gru(
         torch.testing.assert_close(g.float(), e.float(), **TOLERANCE[g.dtype], msg=name)
 
 
+def check_gru_split(
+    rows: int, blocks: int, group: int, dtype: torch.dtype, copy_dtype: torch.dtype, unread: str
+) -> None:
+    """:func:`gru_gate_update_split` (a float32 belief, as the filter carries it): its five
+    outputs (next belief, its copy in ``copy_dtype``, the carried belief and two copies of it)
+    against the torch maths, and the gradients with each output read by its own weighting,
+    the outputs named in ``unread`` not at all (their gradient stays None; ``carried`` names all
+    three carried ones, as at the filter's last step). The next belief is read through a stack,
+    so its gradient arrives as a strided slice, as in the filter."""
+    from dreamer.world_model.fused_ops import gru_gate_update_split
+
+    torch.manual_seed(2)
+    width = blocks * group
+    gates = _leaf(torch.randn(blocks, rows, 3 * group) * 2, dtype)
+    belief = _leaf(torch.randn(rows, width), torch.float32)
+    start = _leaf(torch.randn(rows, 2, width), torch.float32)
+    keep = (torch.arange(rows) % 3 != 0).float().unsqueeze(-1)
+    names = ("out", "copy", "carried", "own", "proj")
+    read = [n not in unread and not (n in ("own", "proj") and "carried" in unread) for n in names]
+
+    def objective(outputs):
+        stacked = torch.stack([outputs[0], torch.zeros_like(outputs[0])], 1)  # a strided slice
+        outputs = [stacked, *outputs[1:]]
+        generator = torch.Generator().manual_seed(9)
+        weights = [torch.randn(o.shape, generator=generator) for o in outputs]
+        return sum(
+            (w * o.float()).sum() for w, o, r in zip(weights, outputs, read, strict=True) if r
+        )
+
+    got = gru_gate_update_split(gates, belief, UPDATE_BIAS, None, keep, start[:, 1], copy_dtype)
+    out = _reference_gru(gates.float(), belief)
+    carried = torch.addcmul(start[:, 1], out, keep)
+    expected = [out, out.to(copy_dtype), carried, carried.to(copy_dtype), carried.to(copy_dtype)]
+    assert [g.dtype for g in got] == [e.dtype for e in expected]
+    leaves = [gates, belief, start]
+    got_grads = torch.autograd.grad(objective(got), leaves, allow_unused=True)
+    expected_grads = torch.autograd.grad(objective(expected), leaves, allow_unused=True)
+    tolerance = TOLERANCE[torch.bfloat16 if torch.bfloat16 in (dtype, copy_dtype) else dtype]
+    for name, g, e in zip(names, got, expected, strict=True):
+        torch.testing.assert_close(g.float(), e.float(), **tolerance, msg=name)
+    for name, g, e in zip(
+        ("d gates", "d belief", "d start"), got_grads, expected_grads, strict=True
+    ):
+        if e is None:  # nothing carried was read: no gradient reaches the start values
+            assert g is None or not g.any(), name
+            continue
+        torch.testing.assert_close(g.float(), e.float(), **tolerance, msg=name)
+
+
+def check_sample_split(shape: tuple[int, int, int], dtype, copy_dtype, unread: str) -> None:
+    """:func:`fused_sample_split`: the sample, the carried state in ``copy_dtype`` and the logits'
+    copy against the torch code, and the gradients with each output read by its own weighting
+    through a stack (strided slices), those named in ``unread`` not at all."""
+    from dreamer.world_model.fused_sample import fused_sample_split
+    from dreamer.world_model.sampling import straight_through_sample
+
+    torch.manual_seed(3)
+    logits = _leaf(torch.randn(shape) * 3, dtype)
+    noise = torch.empty(shape[0], 3, *shape[1:]).exponential_()[:, 1]
+    keep = (torch.arange(shape[0]) % 3 != 0).float().unsqueeze(-1)
+    start = _leaf(torch.randn(shape[0], 2, shape[1] * shape[2]), torch.float32)
+    names = ("sample", "carried", "logits")
+    read = [n not in unread for n in names]
+
+    def objective(outputs):
+        generator = torch.Generator().manual_seed(9)
+        total = 0
+        for output, wanted in zip(outputs, read, strict=True):
+            stacked = torch.stack([output, torch.zeros_like(output)], 1)[:, 0]
+            weight = torch.randn(output.shape, generator=generator)
+            total = total + (weight * stacked.float()).sum() * wanted
+        return total
+
+    got = fused_sample_split(logits, 0.01, noise, keep, start[:, 1], copy_dtype)
+    # The torch code in float32, which the kernels compute before their one rounding.
+    logits32 = _leaf(logits, torch.float32)
+    sample = straight_through_sample(logits32, 0.01, noise).flatten(-2)
+    # Each output rounded as the kernel's is, so its gradient arrives rounded the same way.
+    carried = torch.addcmul(start[:, 1], sample, keep).to(copy_dtype)
+    expected = [sample.to(dtype), carried, logits32.to(dtype)]
+    assert [g.dtype for g in got] == [dtype, copy_dtype, dtype]
+    tolerance = TOLERANCE[torch.bfloat16 if torch.bfloat16 in (dtype, copy_dtype) else dtype]
+    for name, g, e in zip(names, got, expected, strict=True):
+        torch.testing.assert_close(g.float(), e.float(), **tolerance, msg=name)
+    got_grads = torch.autograd.grad(objective(got), [logits, start], allow_unused=True)
+    expected_grads = torch.autograd.grad(objective(expected), [logits32, start], allow_unused=True)
+    for name, g, e in zip(("d logits", "d start"), got_grads, expected_grads, strict=True):
+        if e is None or not e.any():
+            assert g is None or not g.any(), name
+            continue
+        torch.testing.assert_close(g.float(), e, **tolerance, msg=name)
+
+
+def check_filter_backward_adds_nothing_per_step() -> None:
+    """Under bf16 autocast, the filter's backward (kernels forced on for CPU tensors) runs the
+    same number of adds and casts at 3 steps as at 6: every tensor a step hands on has one
+    reader, so autograd neither adds gradients nor casts bf16 ones between the steps (before
+    the split there were about six such kernels per step, in the filter's backward chain)."""
+    from test_fast_filter import SIZE, _objective
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from dreamer.world_model import fused_ops
+    from dreamer.world_model.networks import make_rssm_cells
+    from dreamer.world_model.rssm import observe_sequence
+    from dreamer.world_model.sampling import race_noise
+
+    class CountAddsAndCasts(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__ in ("add.Tensor", "add_.Tensor", "_to_copy.default"):
+                if all(not isinstance(a, torch.Tensor) or a.dtype != torch.uint8 for a in args):
+                    self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    prior, posterior = make_rssm_cells(3, SIZE)
+    counts = {}
+    original, fused_ops.use_fused = fused_ops.use_fused, lambda *tensors: True
+    try:
+        for steps in (3, 6):
+            embed = torch.randn(4, steps, SIZE.units, requires_grad=True)
+            action = torch.rand(4, steps, 3) * 2 - 1
+            is_init = torch.zeros(4, steps, 1, dtype=torch.bool)
+            noise = race_noise((2, 4, steps, SIZE.num_categoricals, SIZE.num_classes), action)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                outputs = observe_sequence(prior, posterior, embed, embed, action, is_init, noise)
+                objective = _objective({k: v.float() for k, v in outputs.items()})
+            for param in [*prior.parameters(), *posterior.parameters()]:
+                param.grad = None  # no accumulation into the first run's gradients
+            with CountAddsAndCasts() as mode:
+                objective.backward()
+            counts[steps] = mode.count
+    finally:
+        fused_ops.use_fused = original
+    assert counts[3] == counts[6], counts
+
+
 def check_sample(
     shape: tuple[int, ...], dtype: torch.dtype, unimix: float, carry: bool = False
 ) -> None:
@@ -339,6 +477,17 @@ CASES = {
     "gru_carried_bias_fp32": (check_gru, (16, 8, 256, F32, "dense", None, True, True)),
     "gru_carried_expanded_fp32": (check_gru, (5, 3, 19, F32, "expanded", None, False, True)),
     "gru_carried_bf16": (check_gru, (7, 3, 37, BF16, "dense", None, True, True)),
+    "gru_split_12m_fp32": (check_gru_split, (16, 8, 256, F32, F32, "")),
+    "gru_split_12m_bf16_copies": (check_gru_split, (16, 8, 256, BF16, BF16, "")),
+    "gru_split_odd_copy_and_own_unread": (check_gru_split, (7, 3, 37, BF16, BF16, "copy own")),
+    "gru_split_odd_nothing_carried": (check_gru_split, (7, 3, 37, F32, F32, "carried")),
+    "gru_split_odd_out_unread": (check_gru_split, (5, 3, 19, F32, F32, "out")),
+    "sample_split_12m_fp32": (check_sample_split, ((16, 32, 16), F32, F32, "")),
+    "sample_split_12m_bf16_carry": (check_sample_split, ((16, 32, 16), F32, BF16, "")),
+    "sample_split_odd_bf16_logits": (check_sample_split, ((5, 7, 11), BF16, BF16, "")),
+    "sample_split_odd_logits_unread": (check_sample_split, ((5, 7, 11), F32, BF16, "logits")),
+    "sample_split_odd_carried_unread": (check_sample_split, ((5, 7, 11), F32, F32, "carried")),
+    "filter_backward_adds_nothing_per_step": (check_filter_backward_adds_nothing_per_step, ()),
     "sample_12m_fp32_unimix0": (check_sample, ((16, 32, 16), F32, 0.0)),
     "sample_12m_fp32_unimix001": (check_sample, ((16, 32, 16), F32, 0.01)),
     "sample_12m_bf16_unimix001": (check_sample, ((16, 32, 16), BF16, 0.01)),

@@ -9,7 +9,9 @@ filter and the 15-step imagination run these chains at every step of both passes
   gate layer's bias (a ``baddbmm`` would first copy it into its output: one more kernel), and
   its backward recomputes the gate activations from the pre-activations instead of saving them.
   :func:`gru_gate_update_carried` also writes the filter's next input (the belief carried on, or
-  replaced at a segment start).
+  replaced at a segment start); :func:`gru_gate_update_split` writes a copy of each output for
+  each of the filter's readers, so the backward kernel sums their gradients (autograd would add
+  them, and cast the bf16 ones, in six kernels a step).
 * :mod:`dreamer.world_model.fused_sample`: the straight-through latent sample.
 * :mod:`dreamer.actor_critic.fused_action`: the actor's bounded tanh-normal sample in the dream.
 
@@ -98,9 +100,10 @@ if triton is not None:
         return index, mask, row, column, reset, candidate, update, h.to(tl.float32)
 
     @triton.jit
-    def _gru_forward_kernel(gates, belief, bias, out, keep, start, carried, update_bias, total,
-                            width, group, gate_sb, gate_sn, gate_sj, bel_sn, bel_sj, keep_sn,
-                            start_sn, start_sj, HAS_BIAS: tl.constexpr, CARRY: tl.constexpr,
+    def _gru_forward_kernel(gates, belief, bias, out, keep, start, carried, out_copy, carried_own,
+                            carried_proj, update_bias, total, width, group, gate_sb, gate_sn,
+                            gate_sj, bel_sn, bel_sj, keep_sn, start_sn, start_sj,
+                            HAS_BIAS: tl.constexpr, CARRY: tl.constexpr, SPLIT: tl.constexpr,
                             BLOCK: tl.constexpr):  # fmt: skip
         index, mask, row, column, reset, candidate, update, h = _gru_inputs(
             gates, belief, bias, total, width, group, gate_sb, gate_sn, gate_sj, bel_sn, bel_sj,
@@ -109,25 +112,52 @@ if triton is not None:
         _, candidate, update = _gate_activations(reset, candidate, update, update_bias)
         value = h + update * (candidate - h)
         tl.store(out + index, value.to(out.dtype.element_ty), mask=mask)
+        if SPLIT:  # one copy per consumer, in the matmuls' dtype (see _GruGateUpdate)
+            tl.store(out_copy + index, value.to(out_copy.dtype.element_ty), mask=mask)
         if CARRY:  # the next step's input: start + value * keep
             k = tl.load(keep + row * keep_sn, mask=mask, other=0.0).to(tl.float32)
             s = tl.load(start + row * start_sn + column * start_sj, mask=mask, other=0.0)
             value = s.to(tl.float32) + value * k
             tl.store(carried + index, value.to(carried.dtype.element_ty), mask=mask)
+            if SPLIT:
+                tl.store(carried_own + index, value.to(carried_own.dtype.element_ty), mask=mask)
+                tl.store(carried_proj + index, value.to(carried_proj.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _gru_backward_kernel(gates, belief, bias, grad_out, keep, grad_carried, grad_gates,
-                             grad_belief, update_bias, total, width, group, rows, gate_sb,
-                             gate_sn, gate_sj, bel_sn, bel_sj, keep_sn, HAS_BIAS: tl.constexpr,
-                             CARRY: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+    def _gru_backward_kernel(gates, belief, bias, grad_out, grad_out_copy, keep, grad_carried,
+                             grad_own, grad_proj, grad_carried_sum, grad_gates, grad_belief,
+                             update_bias, total, width, group, rows, gate_sb, gate_sn, gate_sj,
+                             bel_sn, bel_sj, go_sn, go_sj, keep_sn, HAS_BIAS: tl.constexpr,
+                             HAS_OUT: tl.constexpr, HAS_OUT_COPY: tl.constexpr,
+                             CARRY: tl.constexpr, HAS_CARRIED: tl.constexpr, HAS_OWN: tl.constexpr,
+                             HAS_PROJ: tl.constexpr, WRITE_SUM: tl.constexpr,
+                             BLOCK: tl.constexpr):  # fmt: skip
         index, mask, row, column, reset, candidate, update, h = _gru_inputs(
             gates, belief, bias, total, width, group, gate_sb, gate_sn, gate_sj, bel_sn, bel_sj,
             HAS_BIAS, BLOCK,
         )  # fmt: skip
-        grad = tl.load(grad_out + index, mask=mask, other=0.0).to(tl.float32)
-        if CARRY:  # the carried copy's gradient reaches the value through keep
+        # Each output's gradient is read where its consumer left it and summed here in float32,
+        # instead of autograd adding them (and casting bf16 ones) in kernels of their own.
+        grad = tl.zeros([BLOCK], dtype=tl.float32)
+        if HAS_OUT:  # (through its strides: a slice of the stacked beliefs' gradient)
+            grad += tl.load(grad_out + row * go_sn + column * go_sj, mask=mask, other=0.0).to(
+                tl.float32
+            )
+        if HAS_OUT_COPY:
+            grad += tl.load(grad_out_copy + index, mask=mask, other=0.0).to(tl.float32)
+        if CARRY:  # the carried copies' gradients reach the value through keep
+            carried = tl.zeros([BLOCK], dtype=tl.float32)
+            if HAS_CARRIED:
+                carried += tl.load(grad_carried + index, mask=mask, other=0.0).to(tl.float32)
+            if HAS_OWN:
+                carried += tl.load(grad_own + index, mask=mask, other=0.0).to(tl.float32)
+            if HAS_PROJ:
+                carried += tl.load(grad_proj + index, mask=mask, other=0.0).to(tl.float32)
+            if WRITE_SUM:  # the start values' gradient
+                dtype = grad_carried_sum.dtype.element_ty
+                tl.store(grad_carried_sum + index, carried.to(dtype), mask=mask)
             k = tl.load(keep + row * keep_sn, mask=mask, other=0.0).to(tl.float32)
-            grad += k * tl.load(grad_carried + index, mask=mask, other=0.0).to(tl.float32)
+            grad += k * carried
         s_reset, tanh, s_update = _gate_activations(reset, candidate, update, update_bias)
         grad_update = grad * (tanh - h) * s_update * (1.0 - s_update)
         grad_inner = grad * s_update * (1.0 - tanh * tanh)  # through tanh(s_reset * candidate)
@@ -156,55 +186,89 @@ def _gru_args(gates: torch.Tensor, belief: torch.Tensor) -> tuple:
 
 
 class _GruGateUpdate(torch.autograd.Function):
-    """The gate update, optionally with the gate bias added and the carried copy written."""
+    """The gate update, optionally with the gate bias added and the carried copy written.
+
+    ``copy_dtype`` (with a carry: the filter) adds three outputs, so each of the filter's readers
+    has a tensor of its own: ``(out, out_copy, carried, carried_own, carried_proj)``, the copies
+    in ``copy_dtype`` (the matmuls' dtype). A tensor read by several ops gets the sum of their
+    gradients from autograd, one add kernel per extra reader and step, after a cast kernel
+    for each bf16 gradient of a float32 tensor; with a tensor per reader, the backward kernel
+    reads every gradient as its reader left it and sums them itself.
+    """
 
     @staticmethod
-    def forward(ctx, gates, belief, bias, keep, start, update_bias):
+    def forward(ctx, gates, belief, bias, keep, start, update_bias, copy_dtype=None):
         dtype = torch.promote_types(gates.dtype, belief.dtype)
         out = belief.new_empty(belief.shape, dtype=dtype)
         carry = keep is not None
+        split = carry and copy_dtype is not None
         carried = torch.empty_like(out) if carry else out
+        copies = [torch.empty_like(out, dtype=copy_dtype) for _ in range(3)] if split else [out] * 3
         if out.numel():
             args = _gru_args(gates, belief)
             _gru_forward_kernel[(triton.cdiv(args[0], GRU_BLOCK),)](
                 gates, belief, gates if bias is None else bias, out, keep if carry else out,
-                start if carry else out, carried, update_bias, *args,
+                start if carry else out, carried, *copies, update_bias, *args,
                 keep.stride(0) if carry else 0, *(start.stride() if carry else (0, 0)),
-                HAS_BIAS=bias is not None, CARRY=carry, BLOCK=GRU_BLOCK,
+                HAS_BIAS=bias is not None, CARRY=carry, SPLIT=split, BLOCK=GRU_BLOCK,
             )  # fmt: skip
         ctx.save_for_backward(gates, belief, bias, keep)
         # An unread output's gradient stays None (the filter's last carry): no zeros to add.
         ctx.set_materialize_grads(False)
         ctx.update_bias = update_bias
+        ctx.split = split
+        ctx.start_dtype = None if start is None else start.dtype
         ctx.start_shape = None if start is None else start.shape
+        if split:
+            return out, copies[0], carried, copies[1], copies[2]
         return (out, carried) if carry else out
 
     @staticmethod
-    def backward(ctx, grad_out, grad_carried=None):
+    def backward(ctx, grad_out, *rest):
         gates, belief, bias, keep = ctx.saved_tensors
+        if ctx.split:
+            grad_copy, grad_carried, grad_own, grad_proj = rest
+        else:  # the carried copy's gradient, if the function has that output
+            grad_copy, grad_carried, grad_own, grad_proj = None, (*rest, None)[0], None, None
         grad_gates = torch.empty(gates.shape, dtype=gates.dtype, device=gates.device)
         grad_belief = torch.empty(belief.shape, dtype=belief.dtype, device=belief.device)
-        carry = keep is not None and grad_carried is not None
-        if grad_out is None:
-            grad_out = torch.zeros(belief.shape, dtype=grad_gates.dtype, device=belief.device)
-        if grad_out.numel():
-            total, width, group, *strides = _gru_args(gates, belief)
-            grad_out = grad_out.contiguous()
-            grad_carried = grad_carried.contiguous() if carry else grad_out
+        carried = [g for g in (grad_carried, grad_own, grad_proj) if g is not None]
+        carry = keep is not None and bool(carried)
+        # Without the split, the one carried gradient is the start's; with it, the kernel sums.
+        write_sum = carry and ctx.split and ctx.needs_input_grad[4]
+        grad_start = None
+        if write_sum:
+            grad_start = belief.new_empty(ctx.start_shape, dtype=ctx.start_dtype)
+        elif carry and ctx.needs_input_grad[4]:
+            grad_start = grad_carried.view(ctx.start_shape)
+        total, width, group, *strides = _gru_args(gates, belief)
+        if total:
+            grad_own, grad_proj, grad_carried, grad_copy = (
+                None if g is None else g.contiguous()
+                for g in (grad_own, grad_proj, grad_carried, grad_copy)
+            )
+            if grad_out is not None and grad_out.stride(-1) != 1:
+                grad_out = grad_out.contiguous()
+            any_grad = next(g for g in (grad_out, grad_copy, *carried, grad_gates) if g is not None)
+
+            def pointer(g):
+                return any_grad if g is None else g
+
             _gru_backward_kernel[(triton.cdiv(total, GRU_BLOCK),)](
-                gates, belief, gates if bias is None else bias, grad_out,
-                keep if carry else grad_out, grad_carried, grad_gates, grad_belief,
-                ctx.update_bias, total, width, group, gates.shape[1], *strides,
-                keep.stride(0) if carry else 0, HAS_BIAS=bias is not None, CARRY=carry,
-                BLOCK=GRU_BLOCK,
+                gates, belief, gates if bias is None else bias, pointer(grad_out),
+                pointer(grad_copy), keep if carry else any_grad, pointer(grad_carried),
+                pointer(grad_own), pointer(grad_proj), pointer(grad_start if write_sum else None),
+                grad_gates, grad_belief, ctx.update_bias, total, width, group, gates.shape[1],
+                *strides, *(grad_out.stride() if grad_out is not None else (0, 0)),
+                keep.stride(0) if carry else 0, HAS_BIAS=bias is not None,
+                HAS_OUT=grad_out is not None, HAS_OUT_COPY=grad_copy is not None, CARRY=carry,
+                HAS_CARRIED=grad_carried is not None, HAS_OWN=grad_own is not None,
+                HAS_PROJ=grad_proj is not None, WRITE_SUM=write_sum, BLOCK=GRU_BLOCK,
             )  # fmt: skip
         grad_bias = None
         if ctx.needs_input_grad[2]:  # a bias whose gradient is not deferred
             grad_bias = grad_gates.sum(1, dtype=torch.float32).flatten().to(bias.dtype)
-        grad_start = None
-        if carry and ctx.needs_input_grad[4]:
-            grad_start = grad_carried.view(ctx.start_shape)
-        return grad_gates, grad_belief, grad_bias, None, grad_start, None
+        return grad_gates, grad_belief, grad_bias, None, grad_start, None, None
 
 
 def _check_gru_shapes(gates: torch.Tensor, belief: torch.Tensor, bias: torch.Tensor | None):
@@ -239,7 +303,7 @@ def gru_gate_update(
         the promoted dtype of ``gates`` and ``belief``.
     """
     _check_gru_shapes(gates, belief, gate_bias)
-    return _GruGateUpdate.apply(gates, belief, gate_bias, None, None, float(update_bias))
+    return _GruGateUpdate.apply(gates, belief, gate_bias, None, None, float(update_bias), None)
 
 
 def gru_gate_update_carried(
@@ -255,7 +319,29 @@ def gru_gate_update_carried(
     ``start`` ``[N, blocks * g]``, any strides). Backward, the two outputs' gradients are
     combined inside the GRU's backward kernel: the multiply and add of a separate ``addcmul``
     cost two kernels each way per filter step."""
+    return _carried_update(gates, belief, update_bias, gate_bias, keep, start, None)
+
+
+def gru_gate_update_split(
+    gates: torch.Tensor,
+    belief: torch.Tensor,
+    update_bias: float,
+    gate_bias: torch.Tensor | None,
+    keep: torch.Tensor,
+    start: torch.Tensor,
+    copy_dtype: torch.dtype,
+) -> tuple[torch.Tensor, ...]:
+    """:func:`gru_gate_update_carried` with a tensor for each of the filter's readers:
+    ``(next_belief, next_belief in copy_dtype, carried, carried in copy_dtype twice)``, the
+    copies for the posterior's matmul and the next step's two matmuls on the belief. Backward,
+    the kernel sums the five gradients itself (no add or cast kernels between the steps)."""
+    return _carried_update(gates, belief, update_bias, gate_bias, keep, start, copy_dtype)
+
+
+def _carried_update(gates, belief, update_bias, gate_bias, keep, start, copy_dtype) -> tuple:
     _check_gru_shapes(gates, belief, gate_bias)
     if keep.shape[0] != belief.shape[0] or start.shape != belief.shape:
         raise ValueError(f"keep {tuple(keep.shape)} / start {tuple(start.shape)} do not fit")
-    return _GruGateUpdate.apply(gates, belief, gate_bias, keep, start, float(update_bias))
+    return _GruGateUpdate.apply(
+        gates, belief, gate_bias, keep, start, float(update_bias), copy_dtype
+    )

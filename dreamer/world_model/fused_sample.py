@@ -6,7 +6,8 @@ imagination. Here it is one kernel each way. The backward recomputes the softmax
 the filter keeps them anyway (the KL loss reads them), and elsewhere they are the size of the
 softmax output that torch's backward would have kept. :func:`fused_sample_carried` also writes the
 filter's next input, ``start + sample * keep``, whose ``addcmul`` would cost two more kernels each
-way per step.
+way per step; :func:`fused_sample_split` adds a copy of the logits for their other reader and
+writes the carried state in the next matmul's dtype, so autograd adds and casts no gradient.
 
 Same rules as :mod:`dreamer.world_model.fused_ops` (float32 maths, no syncs, long-stable
 ``triton.language`` only; tests through Triton's interpreter in ``tests/test_fused_ops.py``).
@@ -43,9 +44,10 @@ if triton is not None:
         return e / tl.sum(e, axis=1)[:, None], row, k, k_mask, mask
 
     @triton.jit
-    def _sample_forward_kernel(logits, noise, out, carry_keep, carry_start, carried, keep, floor,
-                               rows, cats, classes, l_s0, l_s1, l_s2, n_s0, n_s1, n_s2, ck_s0,
-                               cs_s0, cs_s1, CARRY: tl.constexpr, BLOCK_R: tl.constexpr,
+    def _sample_forward_kernel(logits, noise, out, carry_keep, carry_start, carried, logits_copy,
+                               keep, floor, rows, cats, classes, l_s0, l_s1, l_s2, n_s0, n_s1,
+                               n_s2, ck_s0, cs_s0, cs_s1, CARRY: tl.constexpr,
+                               SPLIT: tl.constexpr, BLOCK_R: tl.constexpr,
                                BLOCK_K: tl.constexpr):  # fmt: skip
         probs, row, k, k_mask, mask = _sample_tile(
             logits, rows, cats, classes, l_s0, l_s1, l_s2, BLOCK_R, BLOCK_K
@@ -60,6 +62,9 @@ if triton is not None:
         one_hot = tl.where(k[None, :] == index[:, None], 1.0, 0.0)
         flat = row[:, None] * classes + k[None, :]
         tl.store(out + flat, one_hot.to(out.dtype.element_ty), mask=mask)
+        if SPLIT:  # the logits again, for their other reader (see _StraightThroughSample)
+            source = (sample * l_s0 + (row % cats) * l_s1)[:, None] + k[None, :] * l_s2
+            tl.store(logits_copy + flat, tl.load(logits + source, mask=mask), mask=mask)
         if CARRY:  # the filter's next input: start + sample * keep, per sample row
             factor = tl.load(carry_keep + sample * ck_s0, mask=row < rows, other=0.0)
             column = (row % cats)[:, None] * classes + k[None, :]
@@ -68,24 +73,33 @@ if triton is not None:
             tl.store(carried + flat, value.to(carried.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _sample_backward_kernel(logits, grad_out, carry_keep, grad_carried, grad_logits, keep,
-                                rows, cats, classes, l_s0, l_s1, l_s2, g_s0, g_s1, g_s2, ck_s0,
-                                CARRY: tl.constexpr, BLOCK_R: tl.constexpr,
-                                BLOCK_K: tl.constexpr):  # fmt: skip
+    def _sample_backward_kernel(logits, grad_out, carry_keep, grad_carried, grad_copy,
+                                grad_start, grad_logits, keep, rows, cats, classes, l_s0, l_s1,
+                                l_s2, g_s0, g_s1, g_s2, c_s0, c_s1, c_s2, ck_s0,
+                                HAS_OUT: tl.constexpr, CARRY: tl.constexpr,
+                                HAS_COPY: tl.constexpr, WRITE_START: tl.constexpr,
+                                BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
         probs, row, k, _, mask = _sample_tile(
             logits, rows, cats, classes, l_s0, l_s1, l_s2, BLOCK_R, BLOCK_K
         )
         flat = row[:, None] * classes + k[None, :]
-        # (read through its strides: the filter's samples reach the loss through a stack, whose
-        # backward hands each step a slice of the stacked gradient)
-        offset = ((row // cats) * g_s0 + (row % cats) * g_s1)[:, None] + k[None, :] * g_s2
-        grad = tl.load(grad_out + offset, mask=mask, other=0.0).to(tl.float32)
+        grad = tl.zeros([BLOCK_R, BLOCK_K], dtype=tl.float32)
+        if HAS_OUT:
+            # (read through its strides: the filter's samples reach the loss through a stack,
+            # whose backward hands each step a slice of the stacked gradient)
+            offset = ((row // cats) * g_s0 + (row % cats) * g_s1)[:, None] + k[None, :] * g_s2
+            grad += tl.load(grad_out + offset, mask=mask, other=0.0).to(tl.float32)
         if CARRY:  # the carried copy's gradient reaches the sample through keep
             factor = tl.load(carry_keep + (row // cats) * ck_s0, mask=row < rows, other=0.0)
-            extra = tl.load(grad_carried + flat, mask=mask, other=0.0).to(tl.float32)
-            grad += extra * factor.to(tl.float32)[:, None]
+            extra = tl.load(grad_carried + flat, mask=mask, other=0.0)
+            if WRITE_START:  # the start value's gradient, in its own dtype
+                tl.store(grad_start + flat, extra.to(grad_start.dtype.element_ty), mask=mask)
+            grad += extra.to(tl.float32) * factor.to(tl.float32)[:, None]
         # The straight-through gradient is the mixed probabilities': keep * softmax backward.
         value = keep * probs * (grad - tl.sum(grad * probs, axis=1)[:, None])
+        if HAS_COPY:  # the logits' other reader's gradient (a slice of a stack: strided)
+            offset = ((row // cats) * c_s0 + (row % cats) * c_s1)[:, None] + k[None, :] * c_s2
+            value += tl.load(grad_copy + offset, mask=mask, other=0.0).to(tl.float32)
         tl.store(grad_logits + flat, value.to(grad_logits.dtype.element_ty), mask=mask)
 
 
@@ -99,54 +113,79 @@ def _sample_args(logits: torch.Tensor) -> tuple[tuple, dict, tuple]:
 
 
 class _StraightThroughSample(torch.autograd.Function):
+    """The sample, optionally with the filter's carried copy; ``copy_dtype`` (with a carry)
+    writes the carried copy in that dtype (the next step's matmul reads it as it is) and adds an
+    output, a copy of the logits for their other reader (the stacked posterior logits): autograd
+    would add the two readers' gradients in a kernel of its own at every step, and cast a bf16
+    carried gradient back to float32 in another; here the backward kernel does both."""
+
     @staticmethod
-    def forward(ctx, logits, unimix, noise, out_dtype, carry_keep, carry_start):
+    def forward(ctx, logits, unimix, noise, out_dtype, carry_keep, carry_start, copy_dtype=None):
         grouped, draws = (
             logits.reshape(-1, *logits.shape[-2:]),
             noise.reshape(-1, *noise.shape[-2:]),
         )
         out = torch.empty(logits.shape, dtype=out_dtype, device=logits.device)
         carry = carry_keep is not None
-        carried = (
-            torch.empty(carry_start.shape, dtype=out_dtype, device=out.device) if carry else out
+        split = carry and copy_dtype is not None
+        carried = out
+        if carry:
+            dtype = copy_dtype if split else out_dtype
+            carried = torch.empty(carry_start.shape, dtype=dtype, device=out.device)
+        logits_copy = (
+            torch.empty_like(logits, memory_format=torch.contiguous_format) if split else out
         )
         classes = logits.shape[-1]
         if out.numel():
             grid, blocks, sizes = _sample_args(grouped)
             _sample_forward_kernel[grid](
                 grouped, draws, out, carry_keep if carry else out, carry_start if carry else out,
-                carried, 1.0 - unimix, unimix / classes, *sizes, *grouped.stride(),
+                carried, logits_copy, 1.0 - unimix, unimix / classes, *sizes, *grouped.stride(),
                 *draws.stride(), carry_keep.stride(0) if carry else 0,
-                *(carry_start.stride() if carry else (0, 0)), CARRY=carry, **blocks,
+                *(carry_start.stride() if carry else (0, 0)), CARRY=carry, SPLIT=split, **blocks,
             )  # fmt: skip
         ctx.save_for_backward(logits, carry_keep)
         # An unread output's gradient stays None (the filter's last carry): no zeros to add.
         ctx.set_materialize_grads(False)
         ctx.keep = 1.0 - unimix
+        ctx.split = split
         ctx.start_shape = carry_start.shape if carry else None
+        ctx.start_dtype = carry_start.dtype if carry else None
+        if split:
+            return out, carried, logits_copy
         return (out, carried) if carry else out
 
     @staticmethod
-    def backward(ctx, grad_out, grad_carried=None):
+    def backward(ctx, grad_out, grad_carried=None, grad_copy=None):
         logits, carry_keep = ctx.saved_tensors
         carry = carry_keep is not None and grad_carried is not None
         grouped = logits.reshape(-1, *logits.shape[-2:])
         grad_logits = torch.empty(logits.shape, dtype=logits.dtype, device=logits.device)
-        if grad_out is None:  # only the carried copy was read
-            grad_out = torch.zeros(logits.shape, dtype=logits.dtype, device=logits.device)
-        grad_out = grad_out.reshape(grouped.shape)
-        grad_carried = grad_carried.contiguous() if carry else grad_out
-        if grad_out.numel():
+        grad_carried = grad_carried.contiguous() if carry else None
+        grad_start = None
+        write_start = carry and ctx.needs_input_grad[5] and grad_carried.dtype != ctx.start_dtype
+        if write_start:
+            grad_start = torch.empty(ctx.start_shape, dtype=ctx.start_dtype, device=logits.device)
+        elif carry and ctx.needs_input_grad[5]:
+            grad_start = grad_carried.view(ctx.start_shape)
+        if grad_out is not None:
+            grad_out = grad_out.reshape(grouped.shape)
+        if grad_copy is not None:
+            grad_copy = grad_copy.reshape(grouped.shape)
+        if grouped.numel():
             grid, blocks, sizes = _sample_args(grouped)
             _sample_backward_kernel[grid](
-                grouped, grad_out, carry_keep if carry else grad_out, grad_carried, grad_logits,
-                ctx.keep, *sizes, *grouped.stride(), *grad_out.stride(),
-                carry_keep.stride(0) if carry else 0, CARRY=carry, **blocks,
+                grouped, grad_logits if grad_out is None else grad_out,
+                carry_keep if carry else grad_logits,
+                grad_carried if carry else grad_logits,
+                grad_logits if grad_copy is None else grad_copy,
+                grad_start if write_start else grad_logits, grad_logits, ctx.keep, *sizes,
+                *grouped.stride(), *(grad_out.stride() if grad_out is not None else (0, 0, 0)),
+                *(grad_copy.stride() if grad_copy is not None else (0, 0, 0)),
+                carry_keep.stride(0) if carry else 0, HAS_OUT=grad_out is not None, CARRY=carry,
+                HAS_COPY=grad_copy is not None, WRITE_START=write_start, **blocks,
             )  # fmt: skip
-        grad_start = (
-            grad_carried.view(ctx.start_shape) if carry and ctx.needs_input_grad[5] else None
-        )
-        return grad_logits, None, None, None, None, grad_start
+        return grad_logits, None, None, None, None, grad_start, None
 
 
 def _output_dtype(logits: torch.Tensor, noise: torch.Tensor) -> torch.dtype:
@@ -174,7 +213,7 @@ def fused_straight_through_sample(
         under autocast, where torch's softmax would compute (and return) float32.
     """
     dtype = _output_dtype(logits, noise)
-    return _StraightThroughSample.apply(logits, float(unimix), noise, dtype, None, None)
+    return _StraightThroughSample.apply(logits, float(unimix), noise, dtype, None, None, None)
 
 
 def fused_sample_carried(
@@ -192,9 +231,30 @@ def fused_sample_carried(
         keep: ``[M, 1]``: 0 where the next step starts a segment, 1 elsewhere.
         start: ``[M, C * K]`` (any strides): the state a segment starts from.
     """
-    dtype = _output_dtype(logits, noise)
+    sample, carried = _sample_with_carry(logits, unimix, noise, keep, start, None)
+    return sample.flatten(-2), carried
+
+
+def fused_sample_split(
+    logits: torch.Tensor,
+    unimix: float,
+    noise: torch.Tensor,
+    keep: torch.Tensor,
+    start: torch.Tensor,
+    copy_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`fused_sample_carried` with the carried state in ``copy_dtype`` (what the next
+    step's matmul reads) and a copy of the logits for their other reader: ``(sample, carried,
+    logits)``. Backward, one kernel sums what the three outputs' readers send back."""
+    sample, carried, copy = _sample_with_carry(logits, unimix, noise, keep, start, copy_dtype)
+    return sample.flatten(-2), carried, copy
+
+
+def _sample_with_carry(logits, unimix, noise, keep, start, copy_dtype) -> tuple:
     rows, cats, classes = logits.shape
     if keep.shape[0] != rows or start.shape != (rows, cats * classes):
         raise ValueError(f"keep {tuple(keep.shape)} / start {tuple(start.shape)} do not fit")
-    sample, carried = _StraightThroughSample.apply(logits, float(unimix), noise, dtype, keep, start)
-    return sample.flatten(-2), carried
+    dtype = _output_dtype(logits, noise)
+    return _StraightThroughSample.apply(
+        logits, float(unimix), noise, dtype, keep, start, copy_dtype
+    )

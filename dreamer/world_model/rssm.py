@@ -27,18 +27,19 @@ from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype, wo
 from dreamer.world_model.filter_cut import active_cut
 from dreamer.world_model.rssm_parts import rssm_parts
 from dreamer.world_model.rssm_step import (
+    FilterBelief,
     action_features,
     embed_term,
+    filter_gru_step,
     gru_layers,
     gru_norms,
-    gru_step_carried,
     initial_belief,
     posterior_layers,
     posterior_logits,
     posterior_norms,
     prior_logits,
 )
-from dreamer.world_model.sampling import race_noise, sample_carried, straight_through_sample
+from dreamer.world_model.sampling import race_noise, sample_split, straight_through_sample
 
 
 def observe_sequence(
@@ -98,15 +99,18 @@ def observe_sequence(
     keep = (1 - following).unbind(1)
     start_states = (F.pad(z0[:, 1:], (0, 0, 0, 1)) * following).unbind(1)
     start_beliefs = (h0 * following).unbind(1)
-    state, belief = z0[:, 0], h0.expand(batch, -1)
+    # Each tensor a step hands on has one reader (the kernels write a copy per reader, in the
+    # matmuls' dtype where they read it), so autograd adds and casts no gradients between steps.
+    copy_dtype = compute_dtype(embed_next) or h0.dtype
+    state, belief = z0[:, 0], FilterBelief(*[h0.expand(batch, -1)] * 3)
     post_logits, states, beliefs = [], [], []
     for t in range(steps):
-        belief, next_belief = gru_step_carried(
-            cell, state, belief, step_actions[t], keep[t], start_beliefs[t], deferred
+        belief, belief_read, next_belief = filter_gru_step(
+            cell, state, belief, step_actions[t], keep[t], start_beliefs[t], deferred, copy_dtype
         )
-        logits = posterior_logits(post, belief, step_embeds[t], deferred)
-        state, next_state = sample_carried(
-            logits, post.unimix, step_noise[t], keep[t], start_states[t]
+        logits = posterior_logits(post, belief_read, step_embeds[t], deferred)
+        state, next_state, logits = sample_split(
+            logits, post.unimix, step_noise[t], keep[t], start_states[t], copy_dtype
         )
         post_logits.append(logits)
         states.append(state)

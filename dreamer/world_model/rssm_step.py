@@ -16,6 +16,8 @@ ops in the same order, except where a piece is split to run on every step at onc
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -133,10 +135,22 @@ def gru_norms(parts: PriorParts, with_action: bool = True) -> list[torch.Tensor]
     return [w for stack in stacks for w in norm_scales(stack)]
 
 
+class FilterBelief(NamedTuple):
+    """The belief a filter step reads, as one tensor per reader: the GRU update's own ``h``, the
+    hidden layer's block-diagonal matmul and the belief projection. The fused step writes a copy
+    for each, so that their gradients reach its backward kernel separately instead of being
+    summed (and cast) by autograd (:func:`~dreamer.world_model.fused_ops.gru_gate_update_split`);
+    elsewhere all three are the same tensor."""
+
+    direct: torch.Tensor
+    own: torch.Tensor
+    projection: torch.Tensor
+
+
 def _gru_gates(
     parts: PriorParts,
     state: torch.Tensor,
-    belief: torch.Tensor,
+    belief: torch.Tensor | FilterBelief,
     action_feature: torch.Tensor,
     deferred: DeferredLayers | None,
     add_gate_bias: bool,
@@ -147,16 +161,18 @@ def _gru_gates(
     one matmul on the features all blocks share and a block-diagonal one on the belief, whose
     sum the norm after them reads (added inside the fused norm's kernel where it runs).
     """
+    if not isinstance(belief, FilterBelief):
+        belief = FilterBelief(belief, belief, belief)
     features = torch.cat(
         [
-            run_layers(parts.belief_projection, belief, deferred),
+            run_layers(parts.belief_projection, belief.projection, deferred),
             run_layers(parts.state_projection, state, deferred),
             action_feature,
         ],
         -1,
     )
     shared = linear(features, parts.hidden_features_weight, parts.hidden_bias, deferred)
-    own = block_linear(belief, parts.hidden_belief_weight, None, deferred)
+    own = block_linear(belief.own, parts.hidden_belief_weight, None, deferred)
     hidden = run_layers(parts.hidden_rest, shared, deferred, addend=own.transpose(0, 1))
     return block_linear(hidden, parts.gates_weight, parts.gates_bias, deferred, add_gate_bias)
 
@@ -218,6 +234,33 @@ def gru_step_carried(
         return fused_ops.gru_gate_update_carried(gates, belief, UPDATE_BIAS, bias, keep, start)
     following = gru_step(parts, state, belief, action_feature, deferred)
     return following, torch.addcmul(start, following, keep)
+
+
+def filter_gru_step(
+    parts: PriorParts,
+    state: torch.Tensor,
+    belief: FilterBelief,
+    action_feature: torch.Tensor,
+    keep: torch.Tensor,
+    start: torch.Tensor,
+    deferred: DeferredLayers | None,
+    copy_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, FilterBelief]:
+    """:func:`gru_step_carried` with a tensor for each reader: the next belief (for the stacked
+    outputs), the same for the posterior's matmul (in ``copy_dtype``, the matmuls' dtype), and
+    the carried belief as the next step's :class:`FilterBelief` (its matmul copies in
+    ``copy_dtype``). Off the fused path, the same tensors several times."""
+    if fused_ops.use_fused(belief.direct):
+        gates = _gru_gates(parts, state, belief, action_feature, deferred, add_gate_bias=False)
+        bias = _kernel_gate_bias(parts, deferred)
+        out, out_copy, carried, own, projection = fused_ops.gru_gate_update_split(
+            gates, belief.direct, UPDATE_BIAS, bias, keep, start, copy_dtype
+        )
+        return out, out_copy, FilterBelief(carried, own, projection)
+    following, carried = gru_step_carried(
+        parts, state, belief.direct, action_feature, keep, start, deferred
+    )
+    return following, following, FilterBelief(carried, carried, carried)
 
 
 def initial_belief(parts: PriorParts, like: torch.Tensor) -> torch.Tensor:

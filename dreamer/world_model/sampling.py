@@ -65,3 +65,22 @@ def sample_carried(
         return fused_sample.fused_sample_carried(logits, unimix, noise, keep, start)
     state = straight_through_sample(logits, unimix, noise).flatten(-2)
     return state, torch.addcmul(start, state, keep)
+
+
+def sample_split(
+    logits: torch.Tensor,
+    unimix: float,
+    noise: torch.Tensor,
+    keep: torch.Tensor,
+    start: torch.Tensor,
+    copy_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`sample_carried` with a tensor for each reader: ``(state, carried, logits)``, the
+    carried state in ``copy_dtype`` (the next step's matmul reads it) and the logits again for
+    the stacked outputs; on CUDA one kernel each way sums their gradients
+    (:func:`~dreamer.world_model.fused_sample.fused_sample_split`). Elsewhere the carried state
+    and the logits are :func:`sample_carried`'s and the input's."""
+    if fused_ops.use_fused(logits, noise):
+        return fused_sample.fused_sample_split(logits, unimix, noise, keep, start, copy_dtype)
+    state, carried = sample_carried(logits, unimix, noise, keep, start)
+    return state, carried, logits
