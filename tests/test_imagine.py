@@ -124,3 +124,41 @@ def test_the_fused_action_sampler_stands_in_only_for_random_draws_of_our_actor(m
             assert fused_action_sampler(actor, like) is None, other
     plain = TensorDictModule(torch.nn.Linear(8, 3), in_keys=["state"], out_keys=["action"])
     assert fused_action_sampler(plain, like) is None
+
+
+def test_a_held_out_prior_casts_its_weights_once_per_dream(toy_agent, monkeypatch):
+    """Under bf16 autocast, with the world model held out as TorchRL's actor loss holds it, each
+    of the prior's parameters is cast at most once per dream, not at every step; the dream and
+    its gradients are bitwise those of a cast at every use."""
+    from contextlib import nullcontext
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    import dreamer.imagination.imagine as imagine_module
+
+    _, agent = toy_agent
+    prior = {p.data_ptr() for p in agent.prior.parameters()}
+
+    class CountPriorCasts(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.__name__ == "_to_copy.default" and args[0].data_ptr() in prior:
+                self.count += 1
+            return func(*args, **(kwargs or {}))
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16), CountPriorCasts() as counter:
+            out, grads = dream(agent, True, hold_out_world_model=True)
+        return out, grads, counter.count
+
+    once, once_grads, once_casts = run()
+    monkeypatch.setattr(imagine_module, "cast_once", nullcontext)
+    every, every_grads, every_casts = run()
+    assert 0 < once_casts <= len(prior) < every_casts, (once_casts, len(prior), every_casts)
+    assert every_casts >= HORIZON * once_casts
+    for key in every.keys(True, True):
+        assert torch.equal(once.get(key), every.get(key)), key
+    assert once_grads.keys() == every_grads.keys()
+    for key, grad in every_grads.items():
+        assert torch.equal(once_grads[key], grad), key

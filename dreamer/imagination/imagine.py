@@ -27,6 +27,7 @@ from torch import nn
 from dreamer.actor_critic.actor import fused_action_sampler
 from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype, worth_deferring
 from dreamer.world_model.fast_layers import linear_layers, norm_scales
+from dreamer.world_model.held_out_casts import cast_once
 from dreamer.world_model.rssm_parts import PriorParts
 from dreamer.world_model.rssm_step import gru_layers, gru_norms, imagine_step
 
@@ -70,15 +71,16 @@ def imagine(
     try:
         for head in heads:
             head.deferred = deferred
-        for _ in range(steps):
-            if sampler is None:
-                step = policy(TensorDict({"state": state, "belief": belief}, batch))
-                action = step.get("action")
-            else:
-                entries, action = sampler(state, belief)
-                step = TensorDict({"state": state, "belief": belief, **entries}, batch)
-            state, belief = imagine_step(parts, state, belief, action, deferred, scaled)
-            visited.append(step.set(("next", "state"), state).set(("next", "belief"), belief))
+        with cast_once():  # the held-out prior's weights cast once, not at every step
+            for _ in range(steps):
+                if sampler is None:
+                    step = policy(TensorDict({"state": state, "belief": belief}, batch))
+                    action = step.get("action")
+                else:
+                    entries, action = sampler(state, belief)
+                    step = TensorDict({"state": state, "belief": belief, **entries}, batch)
+                state, belief = imagine_step(parts, state, belief, action, deferred, scaled)
+                visited.append(step.set(("next", "state"), state).set(("next", "belief"), belief))
     finally:
         for head in heads:
             head.deferred = None

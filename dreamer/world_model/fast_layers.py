@@ -13,6 +13,7 @@ from torch import nn
 
 from dreamer.world_model.deferred_grads import DeferredLayers
 from dreamer.world_model.fused_norm import fused_norm_available, rms_norm_silu
+from dreamer.world_model.held_out_casts import run_linear
 from dreamer.world_model.rssm_parts import torchrl_rms_norm_eps
 from dreamer.world_model.split_input import linear_on_parts
 
@@ -51,7 +52,7 @@ def run_layers(
             addend = None
     if deferred is None and not fused:
         for layer in modules:
-            value = layer(value)
+            value = run_linear(layer, value) if isinstance(layer, nn.Linear) else layer(value)
         return value
     index = 0
     while index < len(modules):
@@ -67,6 +68,8 @@ def run_layers(
             value = deferred.linear(value.flatten(0, -2), layer.weight).unflatten(
                 0, value.shape[:-1]
             )
+        elif isinstance(layer, nn.Linear):
+            value = run_linear(layer, value)
         else:
             value = layer(value)
         index += 1

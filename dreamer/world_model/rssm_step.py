@@ -25,6 +25,7 @@ from torch import nn
 from dreamer.world_model import fused_ops
 from dreamer.world_model.deferred_grads import DeferredLayers, block_input_grad, compute_dtype
 from dreamer.world_model.fast_layers import linear_layers, norm_scales, run_layers
+from dreamer.world_model.held_out_casts import compute_weight
 from dreamer.world_model.rssm_parts import PosteriorParts, PriorParts
 from dreamer.world_model.sampling import race_noise, straight_through_sample
 
@@ -70,9 +71,9 @@ def block_linear(
     # Parameters in the activation dtype, as TorchRL does (a bf16 recurrence stays bf16), and
     # autocast's cast made here, so the matmul and its backward see one dtype.
     dtype = compute_dtype(value) or value.dtype
-    value, weight = value.to(dtype), weight.to(dtype)
+    value, weight = value.to(dtype), compute_weight(weight, dtype)
     if bias is not None and add_bias:
-        bias = bias.to(dtype).view(blocks, 1, block_out)
+        bias = compute_weight(bias, dtype).view(blocks, 1, block_out)
     return _BlockLinear.apply(value, weight, bias if add_bias else None)
 
 
@@ -107,7 +108,7 @@ def linear(
     """``F.linear`` on ``[N, in]``, with the weight gradient left to ``deferred`` if it has it."""
     if deferred is not None and deferred.handles(weight):
         return deferred.linear(value, weight)
-    return F.linear(value, weight.to(value.dtype), None if bias is None else bias.to(value.dtype))
+    return F.linear(value, compute_weight(weight, value.dtype), compute_weight(bias, value.dtype))
 
 
 def _gru_stacks(parts: PriorParts, with_action: bool) -> list[nn.Sequential]:
