@@ -120,13 +120,13 @@ def check_gru(
 def check_gru_split(
     rows: int, blocks: int, group: int, dtype: torch.dtype, copy_dtype: torch.dtype, unread: str
 ) -> None:
-    """:func:`gru_gate_update_split` (a float32 belief, as the filter carries it): its five
+    """:func:`gru_gate_update_carried` with ``copy_dtype`` (a float32 belief, as the filter carries it): its five
     outputs (next belief, its copy in ``copy_dtype``, the carried belief and two copies of it)
     against the torch maths, and the gradients with each output read by its own weighting,
     the outputs named in ``unread`` not at all (their gradient stays None; ``carried`` names all
     three carried ones, as at the filter's last step). The next belief is read through a stack,
     so its gradient arrives as a strided slice, as in the filter."""
-    from dreamer.world_model.fused_ops import gru_gate_update_split
+    from dreamer.world_model.fused_ops import gru_gate_update_carried
 
     torch.manual_seed(2)
     width = blocks * group
@@ -146,7 +146,7 @@ def check_gru_split(
             (w * o.float()).sum() for w, o, r in zip(weights, outputs, read, strict=True) if r
         )
 
-    got = gru_gate_update_split(gates, belief, UPDATE_BIAS, None, keep, start[:, 1], copy_dtype)
+    got = gru_gate_update_carried(gates, belief, UPDATE_BIAS, None, keep, start[:, 1], copy_dtype)
     out = _reference_gru(gates.float(), belief)
     carried = torch.addcmul(start[:, 1], out, keep)
     expected = [out, out.to(copy_dtype), carried, carried.to(copy_dtype), carried.to(copy_dtype)]
@@ -167,10 +167,10 @@ def check_gru_split(
 
 
 def check_sample_split(shape: tuple[int, int, int], dtype, copy_dtype, unread: str) -> None:
-    """:func:`fused_sample_split`: the sample, the carried state in ``copy_dtype`` and the logits'
+    """:func:`fused_sample_carried` with ``copy_dtype``: the sample, the carried state in that dtype and the logits'
     copy against the torch code, and the gradients with each output read by its own weighting
     through a stack (strided slices), those named in ``unread`` not at all."""
-    from dreamer.world_model.fused_sample import fused_sample_split
+    from dreamer.world_model.fused_sample import fused_sample_carried
     from dreamer.world_model.sampling import straight_through_sample
 
     torch.manual_seed(3)
@@ -190,7 +190,7 @@ def check_sample_split(shape: tuple[int, int, int], dtype, copy_dtype, unread: s
             total = total + (weight * stacked.float()).sum() * wanted
         return total
 
-    got = fused_sample_split(logits, 0.01, noise, keep, start[:, 1], copy_dtype)
+    got = fused_sample_carried(logits, 0.01, noise, keep, start[:, 1], copy_dtype)
     # The torch code in float32, which the kernels compute before their one rounding.
     logits32 = _leaf(logits, torch.float32)
     sample = straight_through_sample(logits32, 0.01, noise).flatten(-2)

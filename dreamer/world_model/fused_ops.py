@@ -9,8 +9,8 @@ filter and the 15-step imagination run these chains at every step of both passes
   gate layer's bias (a ``baddbmm`` would first copy it into its output: one more kernel), and
   its backward recomputes the gate activations from the pre-activations instead of saving them.
   :func:`gru_gate_update_carried` also writes the filter's next input (the belief carried on, or
-  replaced at a segment start); :func:`gru_gate_update_split` writes a copy of each output for
-  each of the filter's readers, so the backward kernel sums their gradients (autograd would add
+  replaced at a segment start), and with ``copy_dtype`` a copy of each output for each of the
+  filter's readers, so the backward kernel sums their gradients (autograd would add
   them, and cast the bf16 ones, in six kernels a step).
 * :mod:`dreamer.world_model.fused_sample`: the straight-through latent sample.
 * :mod:`dreamer.actor_critic.fused_action`: the actor's bounded tanh-normal sample in the dream.
@@ -313,32 +313,19 @@ def gru_gate_update_carried(
     gate_bias: torch.Tensor | None,
     keep: torch.Tensor,
     start: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    copy_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, ...]:
     """:func:`gru_gate_update` and the filter's next input ``start + next_belief * keep`` from the
     same kernel (``keep`` ``[N, 1]``: 0 where the next step starts a segment, 1 elsewhere;
     ``start`` ``[N, blocks * g]``, any strides). Backward, the two outputs' gradients are
     combined inside the GRU's backward kernel: the multiply and add of a separate ``addcmul``
-    cost two kernels each way per filter step."""
-    return _carried_update(gates, belief, update_bias, gate_bias, keep, start, None)
+    cost two kernels each way per filter step.
 
-
-def gru_gate_update_split(
-    gates: torch.Tensor,
-    belief: torch.Tensor,
-    update_bias: float,
-    gate_bias: torch.Tensor | None,
-    keep: torch.Tensor,
-    start: torch.Tensor,
-    copy_dtype: torch.dtype,
-) -> tuple[torch.Tensor, ...]:
-    """:func:`gru_gate_update_carried` with a tensor for each of the filter's readers:
-    ``(next_belief, next_belief in copy_dtype, carried, carried in copy_dtype twice)``, the
-    copies for the posterior's matmul and the next step's two matmuls on the belief. Backward,
-    the kernel sums the five gradients itself (no add or cast kernels between the steps)."""
-    return _carried_update(gates, belief, update_bias, gate_bias, keep, start, copy_dtype)
-
-
-def _carried_update(gates, belief, update_bias, gate_bias, keep, start, copy_dtype) -> tuple:
+    With ``copy_dtype``, a tensor for each of the filter's readers: ``(next_belief, next_belief
+    in copy_dtype, carried, carried in copy_dtype twice)``, the copies for the posterior's matmul
+    and the next step's two matmuls on the belief; backward, the kernel sums the five gradients
+    itself (no add or cast kernels between the steps). Without it, ``(next_belief, carried)``.
+    """
     _check_gru_shapes(gates, belief, gate_bias)
     if keep.shape[0] != belief.shape[0] or start.shape != belief.shape:
         raise ValueError(f"keep {tuple(keep.shape)} / start {tuple(start.shape)} do not fit")

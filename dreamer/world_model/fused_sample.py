@@ -6,8 +6,8 @@ imagination. Here it is one kernel each way. The backward recomputes the softmax
 the filter keeps them anyway (the KL loss reads them), and elsewhere they are the size of the
 softmax output that torch's backward would have kept. :func:`fused_sample_carried` also writes the
 filter's next input, ``start + sample * keep``, whose ``addcmul`` would cost two more kernels each
-way per step; :func:`fused_sample_split` adds a copy of the logits for their other reader and
-writes the carried state in the next matmul's dtype, so autograd adds and casts no gradient.
+way per step; with ``copy_dtype`` it also writes a copy of the logits for their other reader and
+the carried state in the next matmul's dtype, so autograd adds and casts no gradient.
 
 Same rules as :mod:`dreamer.world_model.fused_ops` (float32 maths, no syncs, long-stable
 ``triton.language`` only; tests through Triton's interpreter in ``tests/test_fused_ops.py``).
@@ -222,39 +222,24 @@ def fused_sample_carried(
     noise: torch.Tensor,
     keep: torch.Tensor,
     start: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    copy_dtype: torch.dtype | None = None,
+) -> tuple[torch.Tensor, ...]:
     """:func:`fused_straight_through_sample` flattened to ``[M, C * K]``, and the filter's next
-    input ``start + sample * keep`` from the same kernel.
+    input ``start + sample * keep`` from the same kernel: ``(sample, carried)``.
 
     Args:
         logits, unimix, noise: as :func:`fused_straight_through_sample`, with logits ``[M, C, K]``.
         keep: ``[M, 1]``: 0 where the next step starts a segment, 1 elsewhere.
         start: ``[M, C * K]`` (any strides): the state a segment starts from.
+        copy_dtype: the carried state's dtype (what the next step's matmul reads), and a third
+            output, a copy of the logits for their other reader: ``(sample, carried, logits)``.
+            Backward, one kernel sums what the outputs' readers send back.
     """
-    sample, carried = _sample_with_carry(logits, unimix, noise, keep, start, None)
-    return sample.flatten(-2), carried
-
-
-def fused_sample_split(
-    logits: torch.Tensor,
-    unimix: float,
-    noise: torch.Tensor,
-    keep: torch.Tensor,
-    start: torch.Tensor,
-    copy_dtype: torch.dtype,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`fused_sample_carried` with the carried state in ``copy_dtype`` (what the next
-    step's matmul reads) and a copy of the logits for their other reader: ``(sample, carried,
-    logits)``. Backward, one kernel sums what the three outputs' readers send back."""
-    sample, carried, copy = _sample_with_carry(logits, unimix, noise, keep, start, copy_dtype)
-    return sample.flatten(-2), carried, copy
-
-
-def _sample_with_carry(logits, unimix, noise, keep, start, copy_dtype) -> tuple:
     rows, cats, classes = logits.shape
     if keep.shape[0] != rows or start.shape != (rows, cats * classes):
         raise ValueError(f"keep {tuple(keep.shape)} / start {tuple(start.shape)} do not fit")
     dtype = _output_dtype(logits, noise)
-    return _StraightThroughSample.apply(
+    sample, *rest = _StraightThroughSample.apply(
         logits, float(unimix), noise, dtype, keep, start, copy_dtype
     )
+    return sample.flatten(-2), *rest

@@ -39,7 +39,7 @@ from dreamer.world_model.rssm_step import (
     posterior_norms,
     prior_logits,
 )
-from dreamer.world_model.sampling import race_noise, sample_split, straight_through_sample
+from dreamer.world_model.sampling import race_noise, sample_carried, straight_through_sample
 
 
 def observe_sequence(
@@ -109,7 +109,7 @@ def observe_sequence(
             cell, state, belief, step_actions[t], keep[t], start_beliefs[t], deferred, copy_dtype
         )
         logits = posterior_logits(post, belief_read, step_embeds[t], deferred)
-        state, next_state, logits = sample_split(
+        state, next_state, logits = sample_carried(
             logits, post.unimix, step_noise[t], keep[t], start_states[t], copy_dtype
         )
         post_logits.append(logits)

@@ -140,7 +140,7 @@ class FilterBelief(NamedTuple):
     """The belief a filter step reads, as one tensor per reader: the GRU update's own ``h``, the
     hidden layer's block-diagonal matmul and the belief projection. The fused step writes a copy
     for each, so that their gradients reach its backward kernel separately instead of being
-    summed (and cast) by autograd (:func:`~dreamer.world_model.fused_ops.gru_gate_update_split`);
+    summed (and cast) by autograd (:func:`~dreamer.world_model.fused_ops.gru_gate_update_carried`);
     elsewhere all three are the same tensor."""
 
     direct: torch.Tensor
@@ -216,27 +216,6 @@ def gru_step(
     return torch.addcmul(grouped, update, candidate - grouped).reshape(*leading, -1)
 
 
-def gru_step_carried(
-    parts: PriorParts,
-    state: torch.Tensor,
-    belief: torch.Tensor,
-    action_feature: torch.Tensor,
-    keep: torch.Tensor,
-    start: torch.Tensor,
-    deferred: DeferredLayers | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`gru_step` on ``[N, ...]`` rows, and the filter's next input
-    ``start + next_belief * keep`` (``keep`` ``[N, 1]``: 0 where the next step starts a segment
-    from ``start``, 1 where it carries the belief on); on CUDA from the GRU's own kernel
-    (:func:`~dreamer.world_model.fused_ops.gru_gate_update_carried`)."""
-    if fused_ops.use_fused(belief):
-        gates = _gru_gates(parts, state, belief, action_feature, deferred, add_gate_bias=False)
-        bias = _kernel_gate_bias(parts, deferred)
-        return fused_ops.gru_gate_update_carried(gates, belief, UPDATE_BIAS, bias, keep, start)
-    following = gru_step(parts, state, belief, action_feature, deferred)
-    return following, torch.addcmul(start, following, keep)
-
-
 def filter_gru_step(
     parts: PriorParts,
     state: torch.Tensor,
@@ -247,20 +226,21 @@ def filter_gru_step(
     deferred: DeferredLayers | None,
     copy_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, FilterBelief]:
-    """:func:`gru_step_carried` with a tensor for each reader: the next belief (for the stacked
+    """:func:`gru_step` on ``[N, ...]`` rows and the filter's next input ``start + next_belief *
+    keep`` (``keep`` ``[N, 1]``: 0 where the next step starts a segment from ``start``, 1 where
+    it carries the belief on), with a tensor for each reader: the next belief (for the stacked
     outputs), the same for the posterior's matmul (in ``copy_dtype``, the matmuls' dtype), and
     the carried belief as the next step's :class:`FilterBelief` (its matmul copies in
     ``copy_dtype``). Off the fused path, the same tensors several times."""
     if fused_ops.use_fused(belief.direct):
         gates = _gru_gates(parts, state, belief, action_feature, deferred, add_gate_bias=False)
         bias = _kernel_gate_bias(parts, deferred)
-        out, out_copy, carried, own, projection = fused_ops.gru_gate_update_split(
+        out, out_copy, carried, own, projection = fused_ops.gru_gate_update_carried(
             gates, belief.direct, UPDATE_BIAS, bias, keep, start, copy_dtype
         )
         return out, out_copy, FilterBelief(carried, own, projection)
-    following, carried = gru_step_carried(
-        parts, state, belief.direct, action_feature, keep, start, deferred
-    )
+    following = gru_step(parts, state, belief.direct, action_feature, deferred)
+    carried = torch.addcmul(start, following, keep)
     return following, following, FilterBelief(carried, carried, carried)
 
 

@@ -56,31 +56,16 @@ def sample_carried(
     noise: torch.Tensor,
     keep: torch.Tensor,
     start: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """A flattened :func:`straight_through_sample` ``[M, C * K]`` of ``[M, C, K]`` logits, and the
-    filter's next input ``start + sample * keep`` (``keep`` ``[M, 1]``: 0 where the next step
-    starts a segment from ``start``, 1 where it carries the sample on). On CUDA both come from
-    one kernel each way (:func:`~dreamer.world_model.fused_sample.fused_sample_carried`)."""
-    if fused_ops.use_fused(logits, noise):
-        return fused_sample.fused_sample_carried(logits, unimix, noise, keep, start)
-    state = straight_through_sample(logits, unimix, noise).flatten(-2)
-    return state, torch.addcmul(start, state, keep)
-
-
-def sample_split(
-    logits: torch.Tensor,
-    unimix: float,
-    noise: torch.Tensor,
-    keep: torch.Tensor,
-    start: torch.Tensor,
     copy_dtype: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`sample_carried` with a tensor for each reader: ``(state, carried, logits)``, the
-    carried state in ``copy_dtype`` (the next step's matmul reads it) and the logits again for
-    the stacked outputs; on CUDA one kernel each way sums their gradients
-    (:func:`~dreamer.world_model.fused_sample.fused_sample_split`). Elsewhere the carried state
-    and the logits are :func:`sample_carried`'s and the input's."""
+    """A flattened :func:`straight_through_sample` ``[M, C * K]`` of ``[M, C, K]`` logits, the
+    filter's next input ``start + sample * keep`` (``keep`` ``[M, 1]``: 0 where the next step
+    starts a segment from ``start``, 1 where it carries the sample on), and the logits again,
+    each tensor for one reader: ``(state, carried, logits)``. On CUDA one kernel each way, which
+    writes the carried state in ``copy_dtype`` (the next step's matmul reads it) and sums the
+    three outputs' gradients (:func:`~dreamer.world_model.fused_sample.fused_sample_carried`);
+    elsewhere the torch ops, the logits being the input itself."""
     if fused_ops.use_fused(logits, noise):
-        return fused_sample.fused_sample_split(logits, unimix, noise, keep, start, copy_dtype)
-    state, carried = sample_carried(logits, unimix, noise, keep, start)
-    return state, carried, logits
+        return fused_sample.fused_sample_carried(logits, unimix, noise, keep, start, copy_dtype)
+    state = straight_through_sample(logits, unimix, noise).flatten(-2)
+    return state, torch.addcmul(start, state, keep), logits
