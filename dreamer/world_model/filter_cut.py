@@ -10,8 +10,9 @@ still imagining; the filter's own backward then runs once, from the gradients ga
 (the heads' and the replay critic's), beside the imagination's backward as before. The
 gradients are the ones a single ``backward()`` gives, up to the order of float sums
 (``tests/test_filter_cut.py``). With the two waits below, an update at 16x64 took 19.6 instead of
-20.2-20.4 ms in float32 and 16.8-16.9 instead of 17.7-17.8 ms in bf16 (H100, docs/benchmarks.md,
-"Each stream waits only for what it reads").
+20.2-20.4 ms in float32 (H100, docs/benchmarks.md, "Each stream waits only for what it reads";
+that section's bf16 figures were of an update whose gradients went NaN, fixed by
+:func:`dreamer.training.concurrent_loss.uncached_casts`).
 
 The cut also marks where imagination can start: ``ready`` is a CUDA event recorded once the
 posterior states exist, so the actor-critic stream waits for them rather than for the heads'
