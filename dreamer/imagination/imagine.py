@@ -10,7 +10,9 @@ model out, the GRU and prior head) are computed once per layer after the loop's 
 (:mod:`dreamer.world_model.deferred_grads`). On a GPU, where the update's time is set by its
 number of kernels, this removes a few hundred of them per update. Where the fused kernels run,
 the actor's TanhNormal sample is one kernel instead of TorchRL's distribution module
-(:func:`~dreamer.actor_critic.actor.fused_action_sampler`).
+(:func:`~dreamer.actor_critic.actor.fused_action_sampler`), and the loop is
+:func:`~dreamer.imagination.fused_dream.fused_dream`, whose kernels write each reader its own
+tensor.
 
 It returns what ``rollout(..., auto_reset=False, break_when_any_done=False)`` returns, with the
 same random draws in the same order (actor sample, then prior sample, at every step), so values
@@ -24,7 +26,8 @@ from tensordict import TensorDict, TensorDictBase
 from tensordict.nn import TensorDictModuleBase
 from torch import nn
 
-from dreamer.actor_critic.actor import fused_action_sampler
+from dreamer.actor_critic.actor import ActionSampler, fused_action_sampler
+from dreamer.imagination.fused_dream import fused_dream
 from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype, worth_deferring
 from dreamer.world_model.fast_layers import linear_layers, norm_scales
 from dreamer.world_model.held_out_casts import cast_once
@@ -64,27 +67,18 @@ def imagine(
         norms += [w for stack in head_layers for w in norm_scales(stack)]
         deferred = DeferredLayers(layers, compute_dtype(state), norms)
         state, belief = deferred.anchor(state, belief)
-    batch = start.batch_size
     sampler = fused_action_sampler(policy, state)
-    scaled = sampler is not None  # the sampler also gives the action as the world model scales it
-    visited = []
     try:
         for head in heads:
             head.deferred = deferred
         with cast_once():  # the held-out prior's weights cast once, not at every step
-            for _ in range(steps):
-                if sampler is None:
-                    step = policy(TensorDict({"state": state, "belief": belief}, batch))
-                    action = step.get("action")
-                else:
-                    entries, action = sampler(state, belief)
-                    step = TensorDict({"state": state, "belief": belief, **entries}, batch)
-                state, belief = imagine_step(parts, state, belief, action, deferred, scaled)
-                visited.append(step.set(("next", "state"), state).set(("next", "belief"), belief))
+            if sampler is not None and start.batch_dims == 1 and steps > 0:
+                rollout = fused_dream(parts, sampler, state, belief, steps, deferred)
+            else:
+                rollout = _stepwise_dream(parts, policy, sampler, state, belief, steps, deferred)
     finally:
         for head in heads:
             head.deferred = None
-    rollout = torch.stack(visited, len(batch))
     following = rollout.get("next")
     following.set("reward", reward(following.get("state"), following.get("belief")))
     done = torch.zeros(*rollout.batch_size, 1, dtype=torch.bool, device=state.device)
@@ -92,3 +86,28 @@ def imagine(
         rollout.set(key, done)
         following.set(key, done)
     return rollout
+
+
+def _stepwise_dream(
+    parts: PriorParts,
+    policy: TensorDictModuleBase,
+    sampler: ActionSampler | None,
+    state: torch.Tensor,
+    belief: torch.Tensor,
+    steps: int,
+    deferred: DeferredLayers | None,
+) -> TensorDictBase:
+    """The dream one step at a time, stacked after the loop (what :func:`imagine` completes)."""
+    batch = state.shape[:-1]
+    scaled = sampler is not None  # the sampler also gives the action as the world model scales it
+    visited = []
+    for _ in range(steps):
+        if sampler is None:
+            step = policy(TensorDict({"state": state, "belief": belief}, batch))
+            action = step.get("action")
+        else:
+            entries, action = sampler(state, belief)
+            step = TensorDict({"state": state, "belief": belief, **entries}, batch)
+        state, belief = imagine_step(parts, state, belief, action, deferred, scaled)
+        visited.append(step.set(("next", "state"), state).set(("next", "belief"), belief))
+    return torch.stack(visited, len(batch))

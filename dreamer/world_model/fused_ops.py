@@ -11,7 +11,9 @@ filter and the 15-step imagination run these chains at every step of both passes
   :func:`gru_gate_update_carried` also writes the filter's next input (the belief carried on, or
   replaced at a segment start), and with ``copy_dtype`` a copy of each output for each of the
   filter's readers, so the backward kernel sums their gradients (autograd would add
-  them, and cast the bf16 ones, in six kernels a step).
+  them, and cast the bf16 ones, in six kernels a step). :func:`gru_gate_update_into` writes the
+  next belief into a tensor per reader that the caller gives (the dream's, some of them slices
+  of its trajectory buffers: :mod:`dreamer.imagination.fused_dream`).
 * :mod:`dreamer.world_model.fused_sample`: the straight-through latent sample.
 * :mod:`dreamer.actor_critic.fused_action`: the actor's bounded tanh-normal sample in the dream.
 
@@ -100,20 +102,42 @@ if triton is not None:
         return index, mask, row, column, reset, candidate, update, h.to(tl.float32)
 
     @triton.jit
-    def _gru_forward_kernel(gates, belief, bias, out, keep, start, carried, out_copy, carried_own,
-                            carried_proj, update_bias, total, width, group, gate_sb, gate_sn,
-                            gate_sj, bel_sn, bel_sj, keep_sn, start_sn, start_sj,
-                            HAS_BIAS: tl.constexpr, CARRY: tl.constexpr, SPLIT: tl.constexpr,
-                            BLOCK: tl.constexpr):  # fmt: skip
+    def store_copy(pointer, row_stride, row, column, value, mask, ON: tl.constexpr):
+        """Writes ``value`` into one copy ``[N, width]`` (unit column stride), in its dtype."""
+        if ON:
+            dst = pointer + row * row_stride + column
+            tl.store(dst, value.to(pointer.dtype.element_ty), mask=mask)
+
+    @triton.jit
+    def add_copy_grad(grad, pointer, row_stride, row, column, mask, ON: tl.constexpr):
+        """``grad`` plus one copy's gradient (unit column stride), read in float32."""
+        if ON:
+            grad += tl.load(pointer + row * row_stride + column, mask=mask, other=0.0).to(
+                tl.float32
+            )
+        return grad
+
+    @triton.jit
+    def _gru_forward_kernel(gates, belief, bias, out, c1, c2, c3, c4, c5, c6, keep, start,
+                            carried, carried_own, carried_proj, update_bias, total, width, group,
+                            gate_sb, gate_sn, gate_sj, bel_sn, bel_sj, out_sn, c1_sn, c2_sn,
+                            c3_sn, c4_sn, c5_sn, c6_sn, keep_sn, start_sn, start_sj,
+                            HAS_BIAS: tl.constexpr, COPIES: tl.constexpr, CARRY: tl.constexpr,
+                            SPLIT: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
         index, mask, row, column, reset, candidate, update, h = _gru_inputs(
             gates, belief, bias, total, width, group, gate_sb, gate_sn, gate_sj, bel_sn, bel_sj,
             HAS_BIAS, BLOCK,
         )  # fmt: skip
         _, candidate, update = _gate_activations(reset, candidate, update, update_bias)
         value = h + update * (candidate - h)
-        tl.store(out + index, value.to(out.dtype.element_ty), mask=mask)
-        if SPLIT:  # one copy per consumer, in the matmuls' dtype (see _GruGateUpdate)
-            tl.store(out_copy + index, value.to(out_copy.dtype.element_ty), mask=mask)
+        tl.store(out + row * out_sn + column, value.to(out.dtype.element_ty), mask=mask)
+        # One copy per reader, each in its reader's dtype (see _GruGateUpdate).
+        store_copy(c1, c1_sn, row, column, value, mask, COPIES > 0)
+        store_copy(c2, c2_sn, row, column, value, mask, COPIES > 1)
+        store_copy(c3, c3_sn, row, column, value, mask, COPIES > 2)
+        store_copy(c4, c4_sn, row, column, value, mask, COPIES > 3)
+        store_copy(c5, c5_sn, row, column, value, mask, COPIES > 4)
+        store_copy(c6, c6_sn, row, column, value, mask, COPIES > 5)
         if CARRY:  # the next step's input: start + value * keep
             k = tl.load(keep + row * keep_sn, mask=mask, other=0.0).to(tl.float32)
             s = tl.load(start + row * start_sn + column * start_sj, mask=mask, other=0.0)
@@ -124,27 +148,33 @@ if triton is not None:
                 tl.store(carried_proj + index, value.to(carried_proj.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _gru_backward_kernel(gates, belief, bias, grad_out, grad_out_copy, keep, grad_carried,
-                             grad_own, grad_proj, grad_carried_sum, grad_gates, grad_belief,
-                             update_bias, total, width, group, rows, gate_sb, gate_sn, gate_sj,
-                             bel_sn, bel_sj, go_sn, go_sj, keep_sn, HAS_BIAS: tl.constexpr,
-                             HAS_OUT: tl.constexpr, HAS_OUT_COPY: tl.constexpr,
-                             CARRY: tl.constexpr, HAS_CARRIED: tl.constexpr, HAS_OWN: tl.constexpr,
+    def _gru_backward_kernel(gates, belief, bias, grad_out, g1, g2, g3, g4, g5, g6, keep,
+                             grad_carried, grad_own, grad_proj, grad_carried_sum, grad_gates,
+                             grad_belief, update_bias, total, width, group, rows, gate_sb,
+                             gate_sn, gate_sj, bel_sn, bel_sj, go_sn, go_sj, g1_sn, g2_sn, g3_sn,
+                             g4_sn, g5_sn, g6_sn, keep_sn, HAS_BIAS: tl.constexpr,
+                             HAS_OUT: tl.constexpr, GRADS: tl.constexpr, CARRY: tl.constexpr,
+                             HAS_CARRIED: tl.constexpr, HAS_OWN: tl.constexpr,
                              HAS_PROJ: tl.constexpr, WRITE_SUM: tl.constexpr,
                              BLOCK: tl.constexpr):  # fmt: skip
         index, mask, row, column, reset, candidate, update, h = _gru_inputs(
             gates, belief, bias, total, width, group, gate_sb, gate_sn, gate_sj, bel_sn, bel_sj,
             HAS_BIAS, BLOCK,
         )  # fmt: skip
-        # Each output's gradient is read where its consumer left it and summed here in float32,
+        # Each output's gradient is read where its reader left it and summed here in float32,
         # instead of autograd adding them (and casting bf16 ones) in kernels of their own.
         grad = tl.zeros([BLOCK], dtype=tl.float32)
         if HAS_OUT:  # (through its strides: a slice of the stacked beliefs' gradient)
             grad += tl.load(grad_out + row * go_sn + column * go_sj, mask=mask, other=0.0).to(
                 tl.float32
             )
-        if HAS_OUT_COPY:
-            grad += tl.load(grad_out_copy + index, mask=mask, other=0.0).to(tl.float32)
+        # GRADS: bit i set where copy i + 1 has a gradient.
+        grad = add_copy_grad(grad, g1, g1_sn, row, column, mask, GRADS % 2 == 1)
+        grad = add_copy_grad(grad, g2, g2_sn, row, column, mask, GRADS // 2 % 2 == 1)
+        grad = add_copy_grad(grad, g3, g3_sn, row, column, mask, GRADS // 4 % 2 == 1)
+        grad = add_copy_grad(grad, g4, g4_sn, row, column, mask, GRADS // 8 % 2 == 1)
+        grad = add_copy_grad(grad, g5, g5_sn, row, column, mask, GRADS // 16 % 2 == 1)
+        grad = add_copy_grad(grad, g6, g6_sn, row, column, mask, GRADS // 32 % 2 == 1)
         if CARRY:  # the carried copies' gradients reach the value through keep
             carried = tl.zeros([BLOCK], dtype=tl.float32)
             if HAS_CARRIED:
@@ -185,57 +215,86 @@ def _gru_args(gates: torch.Tensor, belief: torch.Tensor) -> tuple:
     )
 
 
+# Copies of the next belief one GRU call can write besides its main output.
+MAX_COPIES = 6
+
+
+def alias(tensor: torch.Tensor) -> torch.Tensor:
+    """A tensor on ``tensor``'s memory that autograd does not see as a view of it.
+
+    A kernel that writes a step's output into a slice of a buffer returns the slice as its
+    autograd output; as a view, every later step's write into the same buffer would count as an
+    in-place change of it (autograd refuses). Its gradient is routed back by whoever assembles
+    the buffer (:class:`dreamer.imagination.trajectory.Trajectory`).
+    """
+    return tensor.new_empty(0).set_(
+        tensor.untyped_storage(), tensor.storage_offset(), tensor.shape, tensor.stride()
+    )
+
+
+def copy_args(tensors: list[torch.Tensor | None], fallback: torch.Tensor) -> tuple[list, list]:
+    """Pointers and row strides of up to :data:`MAX_COPIES` ``[N, width]`` tensors (missing ones
+    stand in as ``fallback``, unread by the kernel)."""
+    pointers = [fallback if t is None else t for t in tensors]
+    pointers += [fallback] * (MAX_COPIES - len(pointers))
+    return pointers, [0 if t is None else t.stride(0) for t in pointers]
+
+
+def unit_columns(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    """``tensor`` with unit column stride, as the kernels read a copy's gradient (or None)."""
+    return tensor if tensor is None or tensor.stride(-1) == 1 else tensor.contiguous()
+
+
 class _GruGateUpdate(torch.autograd.Function):
     """The gate update, optionally with the gate bias added and the carried copy written.
 
-    ``copy_dtype`` (with a carry: the filter) adds three outputs, so each of the filter's readers
-    has a tensor of its own: ``(out, out_copy, carried, carried_own, carried_proj)``, the copies
-    in ``copy_dtype`` (the matmuls' dtype). A tensor read by several ops gets the sum of their
-    gradients from autograd, one add kernel per extra reader and step, after a cast kernel
+    ``outputs`` are the tensors the next belief is written to, the first the main one, each
+    ``[N, width]`` with unit column stride (slices of a buffer allowed), in any dtype. Each of a
+    step's readers can so have a tensor of its own: a tensor read by several ops gets the sum of
+    their gradients from autograd, one add kernel per extra reader and step, after a cast kernel
     for each bf16 gradient of a float32 tensor; with a tensor per reader, the backward kernel
     reads every gradient as its reader left it and sums them itself.
+
+    ``carried_outputs`` (with ``keep``/``start``: the filter) are the carried belief and, with
+    two more, its copies for the next step's two matmuls.
     """
 
     @staticmethod
-    def forward(ctx, gates, belief, bias, keep, start, update_bias, copy_dtype=None):
-        dtype = torch.promote_types(gates.dtype, belief.dtype)
-        out = belief.new_empty(belief.shape, dtype=dtype)
-        carry = keep is not None
-        split = carry and copy_dtype is not None
-        carried = torch.empty_like(out) if carry else out
-        copies = [torch.empty_like(out, dtype=copy_dtype) for _ in range(3)] if split else [out] * 3
+    def forward(ctx, gates, belief, bias, keep, start, update_bias, outputs, carried_outputs):
+        out, *copies = outputs
+        carry, split = keep is not None, len(carried_outputs) == 3
+        carried = carried_outputs + [out] * (3 - len(carried_outputs))
         if out.numel():
             args = _gru_args(gates, belief)
+            pointers, strides = copy_args(copies, out)
             _gru_forward_kernel[(triton.cdiv(args[0], GRU_BLOCK),)](
-                gates, belief, gates if bias is None else bias, out, keep if carry else out,
-                start if carry else out, carried, *copies, update_bias, *args,
-                keep.stride(0) if carry else 0, *(start.stride() if carry else (0, 0)),
-                HAS_BIAS=bias is not None, CARRY=carry, SPLIT=split, BLOCK=GRU_BLOCK,
+                gates, belief, gates if bias is None else bias, out, *pointers,
+                keep if carry else out, start if carry else out, *carried, update_bias, *args,
+                out.stride(0), *strides, keep.stride(0) if carry else 0,
+                *(start.stride() if carry else (0, 0)), HAS_BIAS=bias is not None,
+                COPIES=len(copies), CARRY=carry, SPLIT=split, BLOCK=GRU_BLOCK,
             )  # fmt: skip
         ctx.save_for_backward(gates, belief, bias, keep)
         # An unread output's gradient stays None (the filter's last carry): no zeros to add.
         ctx.set_materialize_grads(False)
         ctx.update_bias = update_bias
-        ctx.split = split
+        ctx.copies = len(copies)
         ctx.start_dtype = None if start is None else start.dtype
         ctx.start_shape = None if start is None else start.shape
-        if split:
-            return out, copies[0], carried, copies[1], copies[2]
-        return (out, carried) if carry else out
+        return tuple(alias(t) for t in (*outputs, *carried_outputs))
 
     @staticmethod
     def backward(ctx, grad_out, *rest):
         gates, belief, bias, keep = ctx.saved_tensors
-        if ctx.split:
-            grad_copy, grad_carried, grad_own, grad_proj = rest
-        else:  # the carried copy's gradient, if the function has that output
-            grad_copy, grad_carried, grad_own, grad_proj = None, (*rest, None)[0], None, None
+        grad_copies = [unit_columns(g) for g in rest[: ctx.copies]]
+        grad_carried, grad_own, grad_proj = (*rest[ctx.copies :], None, None, None)[:3]
         grad_gates = torch.empty(gates.shape, dtype=gates.dtype, device=gates.device)
         grad_belief = torch.empty(belief.shape, dtype=belief.dtype, device=belief.device)
         carried = [g for g in (grad_carried, grad_own, grad_proj) if g is not None]
         carry = keep is not None and bool(carried)
+        split = len(rest) - ctx.copies == 3
         # Without the split, the one carried gradient is the start's; with it, the kernel sums.
-        write_sum = carry and ctx.split and ctx.needs_input_grad[4]
+        write_sum = carry and split and ctx.needs_input_grad[4]
         grad_start = None
         if write_sum:
             grad_start = belief.new_empty(ctx.start_shape, dtype=ctx.start_dtype)
@@ -243,32 +302,33 @@ class _GruGateUpdate(torch.autograd.Function):
             grad_start = grad_carried.view(ctx.start_shape)
         total, width, group, *strides = _gru_args(gates, belief)
         if total:
-            grad_own, grad_proj, grad_carried, grad_copy = (
-                None if g is None else g.contiguous()
-                for g in (grad_own, grad_proj, grad_carried, grad_copy)
+            grad_own, grad_proj, grad_carried = (
+                None if g is None else g.contiguous() for g in (grad_own, grad_proj, grad_carried)
             )
             if grad_out is not None and grad_out.stride(-1) != 1:
                 grad_out = grad_out.contiguous()
-            any_grad = next(g for g in (grad_out, grad_copy, *carried, grad_gates) if g is not None)
+            any_grad = next(g for g in (grad_out, *carried, grad_gates) if g is not None)
+            copy_pointers, copy_strides = copy_args(grad_copies, any_grad)
+            read = sum(1 << i for i, g in enumerate(grad_copies) if g is not None)
 
             def pointer(g):
                 return any_grad if g is None else g
 
             _gru_backward_kernel[(triton.cdiv(total, GRU_BLOCK),)](
                 gates, belief, gates if bias is None else bias, pointer(grad_out),
-                pointer(grad_copy), keep if carry else any_grad, pointer(grad_carried),
+                *copy_pointers, keep if carry else any_grad, pointer(grad_carried),
                 pointer(grad_own), pointer(grad_proj), pointer(grad_start if write_sum else None),
                 grad_gates, grad_belief, ctx.update_bias, total, width, group, gates.shape[1],
                 *strides, *(grad_out.stride() if grad_out is not None else (0, 0)),
-                keep.stride(0) if carry else 0, HAS_BIAS=bias is not None,
-                HAS_OUT=grad_out is not None, HAS_OUT_COPY=grad_copy is not None, CARRY=carry,
+                *copy_strides, keep.stride(0) if carry else 0, HAS_BIAS=bias is not None,
+                HAS_OUT=grad_out is not None, GRADS=read, CARRY=carry,
                 HAS_CARRIED=grad_carried is not None, HAS_OWN=grad_own is not None,
                 HAS_PROJ=grad_proj is not None, WRITE_SUM=write_sum, BLOCK=GRU_BLOCK,
             )  # fmt: skip
         grad_bias = None
         if ctx.needs_input_grad[2]:  # a bias whose gradient is not deferred
             grad_bias = grad_gates.sum(1, dtype=torch.float32).flatten().to(bias.dtype)
-        return grad_gates, grad_belief, grad_bias, None, grad_start, None, None
+        return grad_gates, grad_belief, grad_bias, None, grad_start, None, None, None
 
 
 def _check_gru_shapes(gates: torch.Tensor, belief: torch.Tensor, bias: torch.Tensor | None):
@@ -303,7 +363,10 @@ def gru_gate_update(
         the promoted dtype of ``gates`` and ``belief``.
     """
     _check_gru_shapes(gates, belief, gate_bias)
-    return _GruGateUpdate.apply(gates, belief, gate_bias, None, None, float(update_bias), None)
+    (out,) = _GruGateUpdate.apply(
+        gates, belief, gate_bias, None, None, float(update_bias), [_new_out(gates, belief)], []
+    )
+    return out
 
 
 def gru_gate_update_carried(
@@ -329,6 +392,42 @@ def gru_gate_update_carried(
     _check_gru_shapes(gates, belief, gate_bias)
     if keep.shape[0] != belief.shape[0] or start.shape != belief.shape:
         raise ValueError(f"keep {tuple(keep.shape)} / start {tuple(start.shape)} do not fit")
+    out = _new_out(gates, belief)
+    carried = [torch.empty_like(out)]
+    outputs = [out]
+    if copy_dtype is not None:
+        outputs.append(torch.empty_like(out, dtype=copy_dtype))
+        carried += [torch.empty_like(out, dtype=copy_dtype) for _ in range(2)]
     return _GruGateUpdate.apply(
-        gates, belief, gate_bias, keep, start, float(update_bias), copy_dtype
+        gates, belief, gate_bias, keep, start, float(update_bias), outputs, carried
     )
+
+
+def gru_gate_update_into(
+    gates: torch.Tensor,
+    belief: torch.Tensor,
+    update_bias: float,
+    gate_bias: torch.Tensor | None,
+    outputs: list[torch.Tensor],
+) -> tuple[torch.Tensor, ...]:
+    """:func:`gru_gate_update` written into each of ``outputs`` (1 to ``1 + MAX_COPIES``
+    ``[N, blocks * g]`` tensors with unit column stride, e.g. slices of a trajectory buffer, in
+    any dtypes), which it returns as tensors with gradients: one per reader of the next belief.
+    Backward, the kernel sums their gradients (no add or cast kernels between the steps)."""
+    _check_gru_shapes(gates, belief, gate_bias)
+    if not 1 <= len(outputs) <= 1 + MAX_COPIES:
+        raise ValueError(f"1 to {1 + MAX_COPIES} outputs, got {len(outputs)}")
+    for out in outputs:
+        if out.shape != belief.shape or out.stride(-1) != 1:
+            raise ValueError(
+                f"an output {tuple(out.shape)} with strides {out.stride()} does not fit"
+            )
+    return _GruGateUpdate.apply(
+        gates, belief, gate_bias, None, None, float(update_bias), list(outputs), []
+    )
+
+
+def _new_out(gates: torch.Tensor, belief: torch.Tensor) -> torch.Tensor:
+    """The next belief's own tensor, in the promoted dtype of ``gates`` and ``belief``."""
+    dtype = torch.promote_types(gates.dtype, belief.dtype)
+    return belief.new_empty(belief.shape, dtype=dtype)

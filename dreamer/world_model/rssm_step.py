@@ -244,6 +244,23 @@ def filter_gru_step(
     return following, following, FilterBelief(carried, carried, carried)
 
 
+def dream_gru_step(
+    parts: PriorParts,
+    state: torch.Tensor,
+    belief: FilterBelief,
+    action_feature: torch.Tensor,
+    deferred: DeferredLayers | None,
+    outputs: list[torch.Tensor],
+) -> tuple[torch.Tensor, ...]:
+    """:func:`gru_step` on ``[N, ...]`` rows (fused kernels only), the next belief written into
+    each of ``outputs``, one per reader
+    (:func:`~dreamer.world_model.fused_ops.gru_gate_update_into`); ``state`` is the tensor the
+    state projection reads, ``belief`` one tensor per reader of the belief."""
+    gates = _gru_gates(parts, state, belief, action_feature, deferred, add_gate_bias=False)
+    bias = _kernel_gate_bias(parts, deferred)
+    return fused_ops.gru_gate_update_into(gates, belief.direct, UPDATE_BIAS, bias, outputs)
+
+
 def initial_belief(parts: PriorParts, like: torch.Tensor) -> torch.Tensor:
     """``h0 = GRU(0, 0, 0)``: the belief at the first step of an episode, shape ``[1, deter]``."""
     stoch = parts.num_categoricals * parts.num_classes

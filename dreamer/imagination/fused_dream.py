@@ -1,0 +1,93 @@
+"""The dream's loop where the fused kernels run: every tensor a step makes has one reader.
+
+In :func:`~dreamer.imagination.imagine.imagine`'s plain loop, a step's next belief is read by
+six ops: the prior head, the next step's GRU (its gate update and two matmuls), the actor and
+the rollout's stacks; its sampled state by four. Autograd sums the gradients of a tensor's
+readers in an add kernel per extra reader and, where a bf16 matmul read a float32 tensor, casts
+it forward and casts the gradient back: 5 casts forward, and 5 casts and 7 adds backward, at
+every imagined step (ATen ops counted under Triton's interpreter, bf16 autocast, as TorchRL's
+actor loss runs the dream; ``tests/test_fused_dream.py``). Here the GRU and sample kernels write one tensor per reader, each in its
+reader's dtype, the rollout's entries straight into their trajectory buffers
+(:class:`~dreamer.imagination.trajectory.Trajectory`, which also drops the stacks' copies), and
+their backward kernels sum the readers' gradients themselves.
+
+Same values and random draws as the plain loop (``tests/test_imagine.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+from tensordict import TensorDict, TensorDictBase
+
+from dreamer.actor_critic.actor import ActionSampler
+from dreamer.imagination.trajectory import Trajectory
+from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype
+from dreamer.world_model.fused_sample import fused_sample_into
+from dreamer.world_model.rssm_parts import PriorParts
+from dreamer.world_model.rssm_step import (
+    FilterBelief,
+    action_features,
+    dream_gru_step,
+    prior_logits,
+)
+from dreamer.world_model.sampling import race_noise
+
+
+def fused_dream(
+    parts: PriorParts,
+    sampler: ActionSampler,
+    state: torch.Tensor,
+    belief: torch.Tensor,
+    steps: int,
+    deferred: DeferredLayers | None,
+) -> TensorDictBase:
+    """``steps`` steps from ``[N, ...]`` ``state``/``belief`` with the actor's fused ``sampler``
+    (:func:`~dreamer.actor_critic.actor.fused_action_sampler`).
+
+    Returns ``[N, steps]``: the sampler's entries, ``state``/``belief`` and under ``next`` the
+    next ``state``/``belief`` (what :func:`~dreamer.imagination.imagine.imagine` completes).
+    """
+    # The matmuls' dtype: a copy in it is what a bf16 matmul would have cast.
+    matmul_dtype = compute_dtype(belief) or belief.dtype
+    beliefs, next_beliefs = Trajectory(belief, steps, True), Trajectory(belief, steps, False)
+    states, next_states = Trajectory(state, steps, True), Trajectory(state, steps, False)
+
+    def copy(like: torch.Tensor, dtype: torch.dtype = matmul_dtype) -> torch.Tensor:
+        return torch.empty(like.shape, dtype=dtype, device=like.device)
+
+    gru_belief, gru_state = FilterBelief(belief, belief, belief), state
+    actor_state, actor_belief = state, belief
+    entries = []
+    for step in range(steps):
+        step_entries, action = sampler(actor_state, actor_belief)
+        entries.append(step_entries)
+        action_feature = action_features(parts, action, deferred, scaled=True)
+        more = step + 1 < steps
+        # The next belief for: the next entries, the prior head, then (if a step follows) the
+        # GRU's update, its two matmuls, the actor, and the rollout's belief entries.
+        outputs = [next_beliefs.slot(step), copy(belief)]
+        if more:
+            outputs += [copy(belief, belief.dtype), copy(belief), copy(belief), copy(belief)]
+            outputs.append(beliefs.slot(step))
+        following = dream_gru_step(parts, gru_state, gru_belief, action_feature, deferred, outputs)
+        next_beliefs.record(following[0])
+        logits = prior_logits(parts, following[1], deferred)
+        noise = race_noise(logits.shape, logits)
+        # The sampled state for: the next entries, then the GRU's projection, the actor and the
+        # rollout's state entries.
+        outputs = [next_states.slot(step)]
+        if more:
+            outputs += [copy(state), copy(state), states.slot(step)]
+        sample = fused_sample_into(logits, parts.unimix, noise, outputs)
+        next_states.record(sample[0])
+        if more:
+            gru_belief = FilterBelief(*following[2:5])
+            actor_belief = following[5]
+            beliefs.record(following[6])
+            gru_state, actor_state = sample[1], sample[2]
+            states.record(sample[3])
+    batch = state.shape[:1]
+    rollout = torch.stack([TensorDict(e, batch) for e in entries], 1)
+    rollout.set("state", states.assemble(state)).set("belief", beliefs.assemble(belief))
+    rollout.set(("next", "state"), next_states.assemble())
+    return rollout.set(("next", "belief"), next_beliefs.assemble())
