@@ -1,4 +1,5 @@
-"""The dream's one-reader-per-tensor loop: kernels that write into several outputs, and the loop.
+"""Values written in place: kernels that write into several outputs (one per reader) or into
+their columns of a buffer, the dream's loop built on them, and the filter's GRU features.
 
 The kernel checks run through Triton's interpreter in one subprocess (this file, run as a script;
 see ``test_fused_ops.py`` for why and for the tolerances). :class:`Trajectory` is checked in
@@ -15,7 +16,7 @@ from conftest import check_cases
 from test_fused_ops import TOLERANCE, UPDATE_BIAS, _leaf, _reference_gru
 
 from dreamer.imagination.trajectory import Trajectory
-from dreamer.world_model.fused_ops import alias
+from dreamer.world_model.filled_buffers import alias
 
 F32, BF16 = torch.float32, torch.bfloat16
 
@@ -177,29 +178,93 @@ def check_dream_matches_the_stepwise_loop() -> None:
         )
 
 
-def check_dream_adds_and_casts_nothing_per_step() -> None:
-    """Under bf16 autocast, the actor loss's dream runs as many add and cast ops at 3 steps as at
-    6, forward and backward: every tensor a step hands on has one reader, in its dtype (the
-    plain loop ran 5 casts forward and 5 casts and 7 adds backward per step)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+class CountCopies:
+    """Counts the ops that only move values between a loop's steps: adds (of gradients), casts
+    and concatenations."""
 
-    class CountAddsAndCasts(TorchDispatchMode):
-        count = 0
+    NAMES = ("add.Tensor", "add_.Tensor", "_to_copy.default", "cat.default")
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.__name__ in ("add.Tensor", "add_.Tensor", "_to_copy.default"):
-                self.count += 1
-            return func(*args, **(kwargs or {}))
+    def __enter__(self):
+        from torch.utils._python_dispatch import TorchDispatchMode
 
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                counter.count += func.__name__ in CountCopies.NAMES
+                return func(*args, **(kwargs or {}))
+
+        self.count, self.mode = 0, Mode()
+        self.mode.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.mode.__exit__(*exc)
+
+
+def check_dream_moves_nothing_per_step() -> None:
+    """Under bf16 autocast, the actor loss's dream runs as many adds, casts and concatenations
+    at 3 steps as at 6, forward and backward: every tensor a step hands on has one reader, in
+    its dtype, and the GRU's features and the actor's input are written in place (the plain
+    loop ran 5 casts and 2 concatenations forward and 5 casts and 7 adds backward per step)."""
     agent = _toy_agent()
     counts = {}
     for steps in (3, 6):
-        with CountAddsAndCasts() as forward:
+        with CountCopies() as forward:
             _, objective = _actor_loss_dream(agent, steps)
-        with CountAddsAndCasts() as backward:
+        with CountCopies() as backward:
             objective.backward()
         counts[steps] = (forward.count, backward.count)
     assert counts[3] == counts[6], counts
+
+
+def check_filter_forward_moves_nothing_per_step() -> None:
+    """Under bf16 autocast, the filter's forward runs as many adds, casts and concatenations at
+    3 steps as at 6: its GRU features are written in place (a concatenation per step before;
+    the backward's count is ``test_fused_ops``' ``filter_backward_adds_nothing_per_step``)."""
+    from test_fast_filter import SIZE
+
+    from dreamer.world_model.networks import make_rssm_cells
+    from dreamer.world_model.rssm import observe_sequence
+    from dreamer.world_model.sampling import race_noise
+
+    torch.manual_seed(0)
+    prior, posterior = make_rssm_cells(3, SIZE)
+    counts = {}
+    for steps in (3, 6):
+        embed = torch.randn(4, steps, SIZE.units, requires_grad=True)
+        action = torch.rand(4, steps, 3) * 2 - 1
+        is_init = torch.zeros(4, steps, 1, dtype=torch.bool)
+        noise = race_noise((2, 4, steps, SIZE.num_categoricals, SIZE.num_classes), action)
+        with torch.autocast("cpu", dtype=BF16), CountCopies() as forward:
+            observe_sequence(prior, posterior, embed, embed, action, is_init, noise)
+        counts[steps] = forward.count
+    assert counts[3] == counts[6], counts
+
+
+def check_norm_into_columns(rows: int, width: int, dtype: torch.dtype) -> None:
+    """:func:`rms_norm_silu` with ``out`` (columns of a wider buffer) writes what it returns
+    without one, and with the buffer joined by :func:`filled` the gradients are those of the
+    concatenation."""
+    from dreamer.world_model.filled_buffers import filled
+    from dreamer.world_model.fused_norm import rms_norm_silu
+
+    torch.manual_seed(4)
+    x = _leaf(torch.randn(rows, width) * 2, dtype)
+    weight = _leaf(torch.rand(width) + 0.5, F32)
+    other = _leaf(torch.randn(rows, 3), dtype)
+    buffer = torch.empty(rows, width + 3, dtype=dtype)
+    buffer[:, width:] = other.detach()
+    written = rms_norm_silu(x, weight, 1e-4, out=buffer[:, :width])
+    joined = filled(buffer, [written, other], lambda grad: grad.split([width, 3], -1))
+    expected = torch.cat([rms_norm_silu(x, weight, 1e-4), other], -1)
+    assert torch.equal(joined, expected)
+    generator = torch.Generator().manual_seed(9)
+    w = torch.randn(joined.shape, generator=generator)
+    got = torch.autograd.grad((w * joined.float()).sum(), [x, weight, other])
+    want = torch.autograd.grad((w * expected.float()).sum(), [x, weight, other])
+    for name, g, e in zip(("d x", "d weight", "d other"), got, want, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6, msg=name)
 
 
 CASES = {
@@ -223,7 +288,10 @@ CASES = {
     ),  # fmt: skip
     "sample_into_one_output": (check_sample_into, ((5, 7, 11), F32, [F32], set())),
     "dream_matches_the_stepwise_loop": (check_dream_matches_the_stepwise_loop, ()),
-    "dream_adds_and_casts_nothing_per_step": (check_dream_adds_and_casts_nothing_per_step, ()),
+    "dream_moves_nothing_per_step": (check_dream_moves_nothing_per_step, ()),
+    "filter_forward_moves_nothing_per_step": (check_filter_forward_moves_nothing_per_step, ()),
+    "norm_into_columns_fp32": (check_norm_into_columns, (16, 64, F32)),
+    "norm_into_columns_odd_bf16": (check_norm_into_columns, (7, 37, BF16)),
 }
 
 

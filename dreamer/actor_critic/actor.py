@@ -53,15 +53,19 @@ class BoundedNormalParams(nn.Module):
         return loc, scale
 
     def sample(
-        self, state: torch.Tensor, belief: torch.Tensor, low: torch.Tensor, high: torch.Tensor
+        self,
+        model_state: tuple[torch.Tensor, torch.Tensor] | torch.Tensor,
+        low: torch.Tensor,
+        high: torch.Tensor,
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """What the actor's TanhNormal draws at random from ``[N, ...]`` states, with the fused
-        kernel of :mod:`~dreamer.actor_critic.fused_action` (CUDA, or Triton's interpreter).
+        """What the actor's TanhNormal draws at random from ``[N, ...]`` model states
+        ``(state, belief)`` (or their concatenation, as one tensor), with the fused kernel of
+        :mod:`~dreamer.actor_critic.fused_action` (CUDA, or Triton's interpreter).
 
         Returns the entries the actor writes (``loc``, ``scale``, ``action``) and the action as
         the world model scales it (``action / max(|action|, 1)``).
         """
-        features = run_layers(self.loop_layers, (state, belief), self.deferred)
+        features = run_layers(self.loop_layers, model_state, self.deferred)
         loc = features[..., : features.shape[-1] // 2]
         noise = action_noise(loc)
         scale, action, scaled = sample_bounded_action(
@@ -95,11 +99,14 @@ def make_actor(
     return ProbabilisticTensorDictSequential(params, dist).to(device)
 
 
-ActionSampler = Callable[[torch.Tensor, torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]]
+ActionSampler = Callable[
+    [tuple[torch.Tensor, torch.Tensor] | torch.Tensor], tuple[dict[str, torch.Tensor], torch.Tensor]
+]
 
 
 def fused_action_sampler(policy: nn.Module, like: torch.Tensor) -> ActionSampler | None:
-    """``(state, belief) -> (entries, scaled action)`` drawing what ``policy`` would draw now,
+    """``(state, belief) -> (entries, scaled action)`` drawing what ``policy`` would draw now
+    (the model state also as one concatenated tensor),
     through the fused action kernel, when ``policy`` is :func:`make_actor`'s actor, it samples at
     random (the current interaction type, or its default) and the fused kernels run on ``like``'s
     device; else None, and the caller runs the policy module itself.
@@ -130,4 +137,4 @@ def fused_action_sampler(policy: nn.Module, like: torch.Tensor) -> ActionSampler
     if not fits:
         return None
     low, high = kwargs["low"], kwargs["high"]
-    return lambda state, belief: head.sample(state, belief, low, high)
+    return lambda model_state: head.sample(model_state, low, high)

@@ -22,7 +22,9 @@ from tensordict import TensorDict, TensorDictBase
 from dreamer.actor_critic.actor import ActionSampler
 from dreamer.imagination.trajectory import Trajectory
 from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype
+from dreamer.world_model.filled_buffers import filled
 from dreamer.world_model.fused_sample import fused_sample_into
+from dreamer.world_model.gru_features import gru_features
 from dreamer.world_model.rssm_parts import PriorParts
 from dreamer.world_model.rssm_step import (
     FilterBelief,
@@ -55,21 +57,29 @@ def fused_dream(
     def copy(like: torch.Tensor, dtype: torch.dtype = matmul_dtype) -> torch.Tensor:
         return torch.empty(like.shape, dtype=dtype, device=like.device)
 
+    widths = [state.shape[-1], belief.shape[-1]]
     gru_belief, gru_state = FilterBelief(belief, belief, belief), state
-    actor_state, actor_belief = state, belief
+    actor_input = (state, belief)  # then the model state the kernels write for the actor
     entries = []
     for step in range(steps):
-        step_entries, action = sampler(actor_state, actor_belief)
+        step_entries, action = sampler(actor_input)
         entries.append(step_entries)
-        action_feature = action_features(parts, action, deferred, scaled=True)
+        # The GRU's features in one buffer its projections write into (no concatenation).
+        features = gru_features(parts, state, state.shape[:1])
+        action_columns = None if features is None else features.columns(2)
+        action_feature = action_features(parts, action, deferred, scaled=True, out=action_columns)
         more = step + 1 < steps
+        # The next actor's input [state | belief], its columns written by the two kernels.
+        model_state = state.new_empty(state.shape[0], sum(widths), dtype=matmul_dtype)
         # The next belief for: the next entries, the prior head, then (if a step follows) the
         # GRU's update, its two matmuls, the actor, and the rollout's belief entries.
         outputs = [next_beliefs.slot(step), copy(belief)]
         if more:
-            outputs += [copy(belief, belief.dtype), copy(belief), copy(belief), copy(belief)]
-            outputs.append(beliefs.slot(step))
-        following = dream_gru_step(parts, gru_state, gru_belief, action_feature, deferred, outputs)
+            outputs += [copy(belief, belief.dtype), copy(belief), copy(belief)]
+            outputs += [model_state[:, widths[0] :], beliefs.slot(step)]
+        following = dream_gru_step(
+            parts, gru_state, gru_belief, action_feature, deferred, outputs, features
+        )
         next_beliefs.record(following[0])
         logits = prior_logits(parts, following[1], deferred)
         noise = race_noise(logits.shape, logits)
@@ -77,14 +87,14 @@ def fused_dream(
         # rollout's state entries.
         outputs = [next_states.slot(step)]
         if more:
-            outputs += [copy(state), copy(state), states.slot(step)]
+            outputs += [copy(state), model_state[:, : widths[0]], states.slot(step)]
         sample = fused_sample_into(logits, parts.unimix, noise, outputs)
         next_states.record(sample[0])
         if more:
-            gru_belief = FilterBelief(*following[2:5])
-            actor_belief = following[5]
+            gru_belief, gru_state = FilterBelief(*following[2:5]), sample[1]
+            pieces = [sample[2], following[5]]
+            actor_input = filled(model_state, pieces, lambda grad: grad.split(widths, -1))
             beliefs.record(following[6])
-            gru_state, actor_state = sample[1], sample[2]
             states.record(sample[3])
     batch = state.shape[:1]
     rollout = torch.stack([TensorDict(e, batch) for e in entries], 1)

@@ -106,7 +106,7 @@ def _stepwise_dream(
             step = policy(TensorDict({"state": state, "belief": belief}, batch))
             action = step.get("action")
         else:
-            entries, action = sampler(state, belief)
+            entries, action = sampler((state, belief))
             step = TensorDict({"state": state, "belief": belief, **entries}, batch)
         state, belief = imagine_step(parts, state, belief, action, deferred, scaled)
         visited.append(step.set(("next", "state"), state).set(("next", "belief"), belief))

@@ -6,34 +6,15 @@ chain on an H100 at 16x64, docs/benchmarks.md). A :class:`Trajectory` instead ha
 the slice its kernel writes (:func:`~dreamer.world_model.fused_ops.gru_gate_update_into`,
 :func:`~dreamer.world_model.fused_sample.fused_sample_into`), and :meth:`Trajectory.assemble`
 returns the filled buffer as one tensor whose backward hands each step the slice of the
-gradient that belongs to it, as the stack's backward would.
+gradient that belongs to it, as the stack's backward would
+(:func:`~dreamer.world_model.filled_buffers.filled`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from dreamer.world_model.fused_ops import alias
-
-
-class _Assemble(torch.autograd.Function):
-    """The filled buffer ``[N, H, D]`` from the steps' outputs (slices of it) and, if the
-    trajectory starts from one, the start value copied into slot 0."""
-
-    @staticmethod
-    def forward(ctx, holder: list[torch.Tensor], start: torch.Tensor | None, *steps):
-        buffer = holder[0]
-        if start is not None:
-            buffer[:, 0].copy_(start)
-        ctx.with_start = start is not None
-        return alias(buffer)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        slices = grad.unbind(1)
-        if ctx.with_start:
-            return None, *slices
-        return None, None, *slices
+from dreamer.world_model.filled_buffers import filled
 
 
 class Trajectory:
@@ -69,4 +50,9 @@ class Trajectory:
             )
         if (start is not None) != bool(self.offset):
             raise ValueError("a start value is given exactly when the trajectory has one")
-        return _Assemble.apply([self.buffer], start, *self.outputs)
+        pieces = self.outputs
+        if start is not None:
+            with torch.no_grad():  # a plain copy: filled() routes its gradient
+                self.buffer[:, 0].copy_(start)
+            pieces = [start, *pieces]
+        return filled(self.buffer, pieces, lambda grad: grad.unbind(1))

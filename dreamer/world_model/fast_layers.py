@@ -23,6 +23,7 @@ def run_layers(
     value: torch.Tensor | tuple[torch.Tensor, ...],
     deferred: DeferredLayers | None,
     addend: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``layers(value)``, with the ``Linear`` layers' weight gradients left to ``deferred``, and
     each RMS norm followed by SiLU run as one fused kernel where it can (CUDA, triton).
@@ -35,6 +36,9 @@ def run_layers(
     ``addend`` is added to ``value`` before the first layer: ``value``'s shape, or
     ``[rows, blocks, width / blocks]`` (any strides) for ``value`` ``[rows, width]``. When the
     first layers are a fused norm and SiLU, the kernel adds it as it reads ``value``.
+
+    ``out``: where the result goes (e.g. columns of a wider buffer), written by the last layers'
+    fused norm and SiLU; only where they run fused (:func:`writes_into_place`).
     """
     modules = list(layers)
     if isinstance(value, tuple):
@@ -45,6 +49,8 @@ def run_layers(
             value = linear_on_parts(first, value)
             modules = modules[1:]
     fused = fused_norm_available(value)
+    if out is not None and not (fused and _ends_fused(modules)):
+        raise ValueError("out needs a stack that ends with a norm and SiLU run fused")
     if addend is not None:
         addend = addend.to(value.dtype)
         if not (fused and modules and _fusable_norm(modules, 0)):
@@ -60,7 +66,11 @@ def run_layers(
         if fused and _fusable_norm(modules, index):
             grad_buffer = deferred.norm_grad(layer.weight) if deferred is not None else None
             eps = torchrl_rms_norm_eps(layer)
-            value = rms_norm_silu(value, layer.weight, eps, grad_buffer, addend)
+            last = index + 2 == len(modules)
+            value = rms_norm_silu(
+                value, layer.weight, eps, grad_buffer, addend, out if last else None
+            )
+            out = None if last else out
             addend = None
             index += 2
             continue
@@ -74,6 +84,16 @@ def run_layers(
             value = layer(value)
         index += 1
     return value
+
+
+def writes_into_place(layers: nn.Sequential, like: torch.Tensor) -> bool:
+    """Whether :func:`run_layers` can write the stack's result on rows like ``like`` into a
+    given ``out``: its last layers are a norm and SiLU, and they run fused there."""
+    return fused_norm_available(like) and _ends_fused(list(layers))
+
+
+def _ends_fused(modules: list[nn.Module]) -> bool:
+    return len(modules) >= 2 and _fusable_norm(modules, len(modules) - 2)
 
 
 def _fusable_norm(modules: list[nn.Module], index: int) -> bool:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from dreamer.world_model.filled_buffers import alias
 from dreamer.world_model.fused_ops import use_fused
 
 try:
@@ -34,7 +35,7 @@ if triton is not None:
 
     @triton.jit
     def _norm_silu_forward(x_ptr, a_ptr, w_ptr, y_ptr, sum_ptr, rstd_ptr, width, eps, a_rows,
-                           a_blocks, a_cols, a_group, ADDEND: tl.constexpr,
+                           a_blocks, a_cols, a_group, y_stride, ADDEND: tl.constexpr,
                            BLOCK: tl.constexpr):  # fmt: skip
         row = tl.program_id(0)
         cols = tl.arange(0, BLOCK)
@@ -51,7 +52,7 @@ if triton is not None:
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / width + eps)
         s = x * rstd * w
         y = s / (1.0 + tl.exp(-s))
-        tl.store(y_ptr + row * width + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptr + row * y_stride + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
         tl.store(rstd_ptr + row, rstd)
 
     @triton.jit
@@ -111,10 +112,11 @@ def _launch_config(width: int) -> tuple[int, int]:
 
 class _NormSiLU(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, eps: float, weight_grad: torch.Tensor | None, addend):
+    def forward(ctx, x, weight, eps: float, weight_grad: torch.Tensor | None, addend, out):
         width = x.shape[-1]
         rows = x.reshape(-1, width).contiguous()
-        y = torch.empty_like(rows)
+        # Rows of a given output are written at its row stride (columns of a wider buffer).
+        y = torch.empty_like(rows) if out is None else out.view(-1, width)
         rstd = torch.empty(rows.shape[0], device=x.device, dtype=torch.float32)
         block, warps = _launch_config(width)
         summed = rows
@@ -124,13 +126,13 @@ class _NormSiLU(torch.autograd.Function):
             strides = (*addend.stride(), addend.shape[-1])
         _norm_silu_forward[(rows.shape[0],)](
             rows, rows if addend is None else addend, weight, y, summed, rstd, width, eps,
-            *strides, ADDEND=addend is not None, BLOCK=block, num_warps=warps,
+            *strides, y.stride(0), ADDEND=addend is not None, BLOCK=block, num_warps=warps,
         )  # fmt: skip
         ctx.save_for_backward(summed, weight, rstd)
         ctx.weight_grad = weight_grad
         ctx.shape = x.shape
         ctx.addend_shape = None if addend is None else addend.shape
-        return y.view(x.shape)
+        return y.view(x.shape) if out is None else alias(out)
 
     @staticmethod
     def backward(ctx, grad):
@@ -175,7 +177,7 @@ class _NormSiLU(torch.autograd.Function):
         grad_addend = None
         if ctx.needs_input_grad[4]:  # the sum's gradient, in the addend's [rows, blocks, group]
             grad_addend = grad_x.view(ctx.addend_shape)
-        return grad_x.view(ctx.shape), weight_grad, None, None, grad_addend
+        return grad_x.view(ctx.shape), weight_grad, None, None, grad_addend, None
 
 
 def rms_norm_silu(
@@ -184,6 +186,7 @@ def rms_norm_silu(
     eps: float,
     weight_grad: torch.Tensor | None = None,
     addend: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``silu(x * rsqrt(mean(x^2, -1) + eps) * weight)`` in one Triton kernel each way.
 
@@ -197,6 +200,9 @@ def rms_norm_silu(
         addend: added to ``x`` first, inside the kernel (an add would be one more kernel each
             step): ``x``'s shape, or ``[rows, blocks, D / blocks]`` with any strides for ``x``
             ``[rows, D]`` (the block-major output of a block-linear layer, transposed).
+        out: where to write the result: ``x``'s shape and dtype, its rows at one stride with
+            unit column stride (e.g. columns of a wider buffer that a concatenation would have
+            made), returned as a tensor with gradients (:func:`~dreamer.world_model.filled_buffers.alias`).
     """
     if triton is None:
         raise RuntimeError("rms_norm_silu needs triton (pip install triton)")
@@ -208,7 +214,21 @@ def rms_norm_silu(
             addend = addend.reshape(rows, 1, x.shape[-1])
         if addend.dim() != 3 or addend.shape[0] != rows or addend[0].numel() != x.shape[-1]:
             raise ValueError(f"addend {tuple(addend.shape)} does not fit x {tuple(x.shape)}")
-    return _NormSiLU.apply(x, weight, eps, weight_grad, addend)
+    if out is not None and not _rows_at_one_stride(out, x):
+        raise ValueError(f"out {tuple(out.shape)} {out.stride()} does not fit x {tuple(x.shape)}")
+    return _NormSiLU.apply(x, weight, eps, weight_grad, addend, out)
+
+
+def _rows_at_one_stride(out: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether ``out`` can take :func:`rms_norm_silu`'s result for ``x``: same shape and dtype,
+    unit column stride, rows (all leading dims) at one stride."""
+    if out.shape != x.shape or out.dtype != x.dtype or out.stride(-1) != 1:
+        return False
+    try:
+        out.view(-1, x.shape[-1])
+    except RuntimeError:
+        return False
+    return True
 
 
 def fused_norm_available(x: torch.Tensor) -> bool:

@@ -35,6 +35,8 @@ import os
 
 import torch
 
+from dreamer.world_model.filled_buffers import alias
+
 try:
     import triton
     import triton.language as tl
@@ -217,19 +219,6 @@ def _gru_args(gates: torch.Tensor, belief: torch.Tensor) -> tuple:
 
 # Copies of the next belief one GRU call can write besides its main output.
 MAX_COPIES = 6
-
-
-def alias(tensor: torch.Tensor) -> torch.Tensor:
-    """A tensor on ``tensor``'s memory that autograd does not see as a view of it.
-
-    A kernel that writes a step's output into a slice of a buffer returns the slice as its
-    autograd output; as a view, every later step's write into the same buffer would count as an
-    in-place change of it (autograd refuses). Its gradient is routed back by whoever assembles
-    the buffer (:class:`dreamer.imagination.trajectory.Trajectory`).
-    """
-    return tensor.new_empty(0).set_(
-        tensor.untyped_storage(), tensor.storage_offset(), tensor.shape, tensor.stride()
-    )
 
 
 def copy_args(tensors: list[torch.Tensor | None], fallback: torch.Tensor) -> tuple[list, list]:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from dreamer.world_model.fused_ops import alias, copy_args, triton, unit_columns
+from dreamer.world_model.filled_buffers import alias
+from dreamer.world_model.fused_ops import copy_args, triton, unit_columns
 
 if triton is not None:
     import triton.language as tl

@@ -25,6 +25,7 @@ from torchrl.modules import RSSMPosteriorV3, RSSMPriorV3
 
 from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype, worth_deferring
 from dreamer.world_model.filter_cut import active_cut
+from dreamer.world_model.gru_features import gru_features
 from dreamer.world_model.rssm_parts import rssm_parts
 from dreamer.world_model.rssm_step import (
     FilterBelief,
@@ -78,7 +79,11 @@ def observe_sequence(
     z0 = straight_through_sample(z0_logits, post.unimix, noise[0]).flatten(-2)
     # Inputs of every step, computed for all steps at once; unbind (not indexing) so the
     # backward pass gathers each one's gradient with one stack instead of a copy per step.
-    step_actions = action_features(cell, action).unbind(1)
+    # The GRU's features of every step in one buffer the projections write into (no
+    # concatenation per step), the action's columns filled here for all steps.
+    features = gru_features(cell, embed_next, (batch, steps))
+    action_columns = None if features is None else features.columns(2)
+    step_actions = action_features(cell, action, out=action_columns).unbind(1)
     step_embeds = embed_term(post, embed_next).unbind(1)
     step_noise = noise[1].unbind(1)
 
@@ -106,7 +111,15 @@ def observe_sequence(
     post_logits, states, beliefs = [], [], []
     for t in range(steps):
         belief, belief_read, next_belief = filter_gru_step(
-            cell, state, belief, step_actions[t], keep[t], start_beliefs[t], deferred, copy_dtype
+            cell,
+            state,
+            belief,
+            step_actions[t],
+            keep[t],
+            start_beliefs[t],
+            deferred,
+            copy_dtype,
+            None if features is None else features.step(t),
         )
         logits = posterior_logits(post, belief_read, step_embeds[t], deferred)
         state, next_state, logits = sample_carried(

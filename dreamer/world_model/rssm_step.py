@@ -24,7 +24,12 @@ from torch import nn
 
 from dreamer.world_model import fused_ops
 from dreamer.world_model.deferred_grads import DeferredLayers, block_input_grad, compute_dtype
-from dreamer.world_model.fast_layers import linear_layers, norm_scales, run_layers
+from dreamer.world_model.fast_layers import (
+    linear_layers,
+    norm_scales,
+    run_layers,
+)
+from dreamer.world_model.gru_features import GruFeatures
 from dreamer.world_model.held_out_casts import compute_weight
 from dreamer.world_model.rssm_parts import PosteriorParts, PriorParts
 from dreamer.world_model.sampling import race_noise, straight_through_sample
@@ -38,17 +43,19 @@ def action_features(
     action: torch.Tensor,
     deferred: DeferredLayers | None = None,
     scaled: bool = False,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The block GRU's action branch for actions of any leading shape: ``[..., A] -> [..., H]``.
 
     ``scaled``: ``action`` is already ``action / max(|action|, 1)`` (the fused actor sample
-    writes it, :mod:`dreamer.actor_critic.fused_action`).
+    writes it, :mod:`dreamer.actor_critic.fused_action`). ``out``: where the result goes (its
+    columns of :class:`GruFeatures`).
     """
     if not action.is_floating_point():  # one-hot action specs give bool actions
         action = action.to(torch.get_default_dtype())
     if not scaled:
         action = action / action.detach().abs().clamp_min(1)
-    return run_layers(parts.action_projection, action, deferred)
+    return run_layers(parts.action_projection, action, deferred, out=out)
 
 
 def block_linear(
@@ -155,23 +162,32 @@ def _gru_gates(
     action_feature: torch.Tensor,
     deferred: DeferredLayers | None,
     add_gate_bias: bool,
+    features: GruFeatures | None = None,
 ) -> torch.Tensor:
     """The block GRU's gate pre-activations ``[blocks, N, 3 g]`` for 2-D inputs.
 
     The hidden layer runs split by input (:class:`~dreamer.world_model.rssm_parts.PriorParts`):
     one matmul on the features all blocks share and a block-diagonal one on the belief, whose
-    sum the norm after them reads (added inside the fused norm's kernel where it runs).
+    sum the norm after them reads (added inside the fused norm's kernel where it runs). With
+    ``features``, the projections write into it (``action_feature`` already there).
     """
     if not isinstance(belief, FilterBelief):
         belief = FilterBelief(belief, belief, belief)
-    features = torch.cat(
-        [
-            run_layers(parts.belief_projection, belief.projection, deferred),
-            run_layers(parts.state_projection, state, deferred),
-            action_feature,
-        ],
-        -1,
-    )
+    if features is None:
+        features = torch.cat(
+            [
+                run_layers(parts.belief_projection, belief.projection, deferred),
+                run_layers(parts.state_projection, state, deferred),
+                action_feature,
+            ],
+            -1,
+        )
+    else:
+        projected = run_layers(
+            parts.belief_projection, belief.projection, deferred, out=features.columns(0)
+        )
+        stated = run_layers(parts.state_projection, state, deferred, out=features.columns(1))
+        features = features.join([projected, stated, action_feature])
     shared = linear(features, parts.hidden_features_weight, parts.hidden_bias, deferred)
     own = block_linear(belief.own, parts.hidden_belief_weight, None, deferred)
     hidden = run_layers(parts.hidden_rest, shared, deferred, addend=own.transpose(0, 1))
@@ -225,15 +241,19 @@ def filter_gru_step(
     start: torch.Tensor,
     deferred: DeferredLayers | None,
     copy_dtype: torch.dtype,
+    features: GruFeatures | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, FilterBelief]:
     """:func:`gru_step` on ``[N, ...]`` rows and the filter's next input ``start + next_belief *
     keep`` (``keep`` ``[N, 1]``: 0 where the next step starts a segment from ``start``, 1 where
     it carries the belief on), with a tensor for each reader: the next belief (for the stacked
     outputs), the same for the posterior's matmul (in ``copy_dtype``, the matmuls' dtype), and
     the carried belief as the next step's :class:`FilterBelief` (its matmul copies in
-    ``copy_dtype``). Off the fused path, the same tensors several times."""
+    ``copy_dtype``). Off the fused path, the same tensors several times. ``features``: as
+    :func:`_gru_gates`' (with ``action_feature`` written into it)."""
     if fused_ops.use_fused(belief.direct):
-        gates = _gru_gates(parts, state, belief, action_feature, deferred, add_gate_bias=False)
+        gates = _gru_gates(
+            parts, state, belief, action_feature, deferred, add_gate_bias=False, features=features
+        )
         bias = _kernel_gate_bias(parts, deferred)
         out, out_copy, carried, own, projection = fused_ops.gru_gate_update_carried(
             gates, belief.direct, UPDATE_BIAS, bias, keep, start, copy_dtype
@@ -251,12 +271,16 @@ def dream_gru_step(
     action_feature: torch.Tensor,
     deferred: DeferredLayers | None,
     outputs: list[torch.Tensor],
+    features: GruFeatures | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """:func:`gru_step` on ``[N, ...]`` rows (fused kernels only), the next belief written into
     each of ``outputs``, one per reader
     (:func:`~dreamer.world_model.fused_ops.gru_gate_update_into`); ``state`` is the tensor the
-    state projection reads, ``belief`` one tensor per reader of the belief."""
-    gates = _gru_gates(parts, state, belief, action_feature, deferred, add_gate_bias=False)
+    state projection reads, ``belief`` one tensor per reader of the belief. ``features``: as
+    :func:`_gru_gates`' (with ``action_feature`` written into it)."""
+    gates = _gru_gates(
+        parts, state, belief, action_feature, deferred, add_gate_bias=False, features=features
+    )
     bias = _kernel_gate_bias(parts, deferred)
     return fused_ops.gru_gate_update_into(gates, belief.direct, UPDATE_BIAS, bias, outputs)
 
