@@ -69,8 +69,8 @@ def fused_dream(
         action_columns = None if features is None else features.columns(2)
         action_feature = action_features(parts, action, deferred, scaled=True, out=action_columns)
         more = step + 1 < steps
-        # The next actor's input [state | belief], its columns written by the two kernels.
-        model_state = state.new_empty(state.shape[0], sum(widths), dtype=matmul_dtype)
+        if more:  # the next actor's input [state | belief], its columns written by the kernels
+            model_state = state.new_empty(state.shape[0], sum(widths), dtype=matmul_dtype)
         # The next belief for: the next entries, the prior head, then (if a step follows) the
         # GRU's update, its two matmuls, the actor, and the rollout's belief entries.
         outputs = [next_beliefs.slot(step), copy(belief)]
