@@ -18,6 +18,9 @@ from test_fused_ops import TOLERANCE, UPDATE_BIAS, _leaf, _reference_gru
 from dreamer.imagination.trajectory import Trajectory
 from dreamer.world_model.filled_buffers import alias
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from op_count import OpCounter  # noqa: E402
+
 F32, BF16 = torch.float32, torch.bfloat16
 
 
@@ -178,28 +181,13 @@ def check_dream_matches_the_stepwise_loop() -> None:
         )
 
 
-class CountCopies:
-    """Counts the ops that only move values between a loop's steps: adds (of gradients), casts
-    and concatenations."""
+# The ops that only move values between a loop's steps: adds (of gradients), casts and
+# concatenations (names as bench/op_count.py's OpCounter keeps them).
+MOVES = ("aten.add", "aten.add_", "aten._to_copy", "aten.cat")
 
-    NAMES = ("add.Tensor", "add_.Tensor", "_to_copy.default", "cat.default")
 
-    def __enter__(self):
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        counter = self
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                counter.count += func.__name__ in CountCopies.NAMES
-                return func(*args, **(kwargs or {}))
-
-        self.count, self.mode = 0, Mode()
-        self.mode.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.mode.__exit__(*exc)
+def _moves(counter: OpCounter) -> int:
+    return sum(counter.ops[name] for name in MOVES)
 
 
 def check_dream_moves_nothing_per_step() -> None:
@@ -210,11 +198,11 @@ def check_dream_moves_nothing_per_step() -> None:
     agent = _toy_agent()
     counts = {}
     for steps in (3, 6):
-        with CountCopies() as forward:
+        with OpCounter() as forward:
             _, objective = _actor_loss_dream(agent, steps)
-        with CountCopies() as backward:
+        with OpCounter() as backward:
             objective.backward()
-        counts[steps] = (forward.count, backward.count)
+        counts[steps] = (_moves(forward), _moves(backward))
     assert counts[3] == counts[6], counts
 
 
@@ -236,9 +224,9 @@ def check_filter_forward_moves_nothing_per_step() -> None:
         action = torch.rand(4, steps, 3) * 2 - 1
         is_init = torch.zeros(4, steps, 1, dtype=torch.bool)
         noise = race_noise((2, 4, steps, SIZE.num_categoricals, SIZE.num_classes), action)
-        with torch.autocast("cpu", dtype=BF16), CountCopies() as forward:
+        with torch.autocast("cpu", dtype=BF16), OpCounter() as forward:
             observe_sequence(prior, posterior, embed, embed, action, is_init, noise)
-        counts[steps] = forward.count
+        counts[steps] = _moves(forward)
     assert counts[3] == counts[6], counts
 
 
