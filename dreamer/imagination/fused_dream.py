@@ -60,12 +60,14 @@ def fused_dream(
     widths = [state.shape[-1], belief.shape[-1]]
     gru_belief, gru_state = FilterBelief(belief, belief, belief), state
     actor_input = (state, belief)  # then the model state the kernels write for the actor
+    # The GRU's features of every step in one buffer its projections write into (no
+    # concatenation per step; None where they cannot, and the step concatenates them).
+    all_features = gru_features(parts, state, (state.shape[0], steps))
     entries = []
     for step in range(steps):
         step_entries, action = sampler(actor_input)
         entries.append(step_entries)
-        # The GRU's features in one buffer its projections write into (no concatenation).
-        features = gru_features(parts, state, state.shape[:1])
+        features = None if all_features is None else all_features.step(step)
         action_columns = None if features is None else features.columns(2)
         action_feature = action_features(parts, action, deferred, scaled=True, out=action_columns)
         more = step + 1 < steps

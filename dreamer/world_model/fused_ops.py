@@ -221,12 +221,14 @@ def _gru_args(gates: torch.Tensor, belief: torch.Tensor) -> tuple:
 MAX_COPIES = 6
 
 
-def copy_args(tensors: list[torch.Tensor | None], fallback: torch.Tensor) -> tuple[list, list]:
-    """Pointers and row strides of up to :data:`MAX_COPIES` ``[N, width]`` tensors (missing ones
-    stand in as ``fallback``, unread by the kernel)."""
+def copy_args(
+    tensors: list[torch.Tensor | None], fallback: torch.Tensor, slots: int = MAX_COPIES
+) -> tuple[list, list]:
+    """Pointers and row strides of a kernel's ``slots`` copy slots for up to that many
+    ``[N, width]`` tensors (missing ones stand in as ``fallback``, unread by the kernel)."""
     pointers = [fallback if t is None else t for t in tensors]
-    pointers += [fallback] * (MAX_COPIES - len(pointers))
-    return pointers, [0 if t is None else t.stride(0) for t in pointers]
+    pointers += [fallback] * (slots - len(pointers))
+    return pointers, [t.stride(0) for t in pointers]
 
 
 def unit_columns(tensor: torch.Tensor | None) -> torch.Tensor | None:

@@ -161,12 +161,12 @@ class _StraightThroughSample(torch.autograd.Function):
             grid, blocks, sizes = _sample_args(grouped)
             # Each output as [M, C * K] rows, whose stride the kernel takes.
             flat = [t.view(-1, cats * classes) for t in outputs]
-            pointers, strides = copy_args(flat[1:], out)
+            pointers, strides = copy_args(flat[1:], out, MAX_SAMPLE_COPIES)
             _sample_forward_kernel[grid](
-                grouped, draws, out, *pointers[:MAX_SAMPLE_COPIES],
+                grouped, draws, out, *pointers,
                 carry_keep if carry else out, carry_start if carry else out, carried,
                 logits_copy, 1.0 - unimix, unimix / classes, *sizes, *grouped.stride(),
-                *draws.stride(), flat[0].stride(0), *strides[:MAX_SAMPLE_COPIES],
+                *draws.stride(), flat[0].stride(0), *strides,
                 carry_keep.stride(0) if carry else 0, *(carry_start.stride() if carry else (0, 0)),
                 COPIES=len(copies), CARRY=carry, SPLIT=split, **blocks,
             )  # fmt: skip
@@ -205,16 +205,16 @@ class _StraightThroughSample(torch.autograd.Function):
             grad_copy = grad_copy.reshape(grouped.shape)
         if grouped.numel():
             grid, blocks, sizes = _sample_args(grouped)
-            pointers, strides = copy_args(grad_copies, grad_logits)
+            pointers, strides = copy_args(grad_copies, grad_logits, MAX_SAMPLE_COPIES)
             read = sum(1 << i for i, g in enumerate(grad_copies) if g is not None)
             _sample_backward_kernel[grid](
                 grouped, grad_logits if grad_out is None else grad_out,
-                *pointers[:MAX_SAMPLE_COPIES], carry_keep if carry else grad_logits,
+                *pointers, carry_keep if carry else grad_logits,
                 grad_carried if carry else grad_logits,
                 grad_logits if grad_copy is None else grad_copy,
                 grad_start if write_start else grad_logits, grad_logits, ctx.keep, *sizes,
                 *grouped.stride(), *(grad_out.stride() if grad_out is not None else (0, 0, 0)),
-                *strides[:MAX_SAMPLE_COPIES],
+                *strides,
                 *(grad_copy.stride() if grad_copy is not None else (0, 0, 0)),
                 carry_keep.stride(0) if carry else 0, HAS_OUT=grad_out is not None, GRADS=read,
                 CARRY=carry, HAS_COPY=grad_copy is not None, WRITE_START=write_start, **blocks,

@@ -5,9 +5,9 @@ projection])``: a copy kernel at every step of the filter's and the dream's forw
 the three projections' fused norms write their outputs into their columns of one buffer
 (:func:`~dreamer.world_model.fused_norm.rms_norm_silu`'s ``out``), and
 :meth:`GruFeatures.join` hands the buffer on as one tensor whose backward gives each projection
-its columns of the gradient, as the concatenation's would. The filter makes one buffer for all
-its steps, so the action projection, which runs on every step at once, fills its columns before
-the loop.
+its columns of the gradient, as the concatenation's would. The filter and the dream each make
+one buffer for all their steps; the filter's action projection, which runs on every step at
+once, fills its columns before the loop.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class GruFeatures:
     (a copy kernel at every step of the filter's and the dream's forward chains).
 
     Made by :func:`gru_features`; ``buffer`` ``[..., width]``, its rows at one stride (e.g.
-    ``[B, T, width]`` for every step of the filter, :meth:`step` giving one step's).
+    ``[B, T, width]`` for every step of a loop, :meth:`step` giving one step's).
     """
 
     def __init__(self, buffer: torch.Tensor, widths: tuple[int, int, int]):
