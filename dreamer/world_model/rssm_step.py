@@ -24,11 +24,7 @@ from torch import nn
 
 from dreamer.world_model import fused_ops
 from dreamer.world_model.deferred_grads import DeferredLayers, block_input_grad, compute_dtype
-from dreamer.world_model.fast_layers import (
-    linear_layers,
-    norm_scales,
-    run_layers,
-)
+from dreamer.world_model.fast_layers import linear_layers, norm_scales, run_layers
 from dreamer.world_model.gru_features import GruFeatures
 from dreamer.world_model.held_out_casts import compute_weight
 from dreamer.world_model.rssm_parts import PosteriorParts, PriorParts
@@ -144,9 +140,9 @@ def gru_norms(parts: PriorParts, with_action: bool = True) -> list[torch.Tensor]
 
 
 class FilterBelief(NamedTuple):
-    """The belief a filter step reads, as one tensor per reader: the GRU update's own ``h``, the
-    hidden layer's block-diagonal matmul and the belief projection. The fused step writes a copy
-    for each, so that their gradients reach its backward kernel separately instead of being
+    """The belief a GRU step reads (the filter's, the dream's), as one tensor per reader: the GRU
+    update's own ``h``, the hidden layer's block-diagonal matmul and the belief projection. The
+    fused step writes a copy for each, so that their gradients reach its backward kernel separately instead of being
     summed (and cast) by autograd (:func:`~dreamer.world_model.fused_ops.gru_gate_update_carried`);
     elsewhere all three are the same tensor."""
 
