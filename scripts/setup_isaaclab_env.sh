@@ -96,7 +96,25 @@ find_python312() {
   exit 1
 }
 
+# A fresh venv is 6.8 GB (measured 2026-12-07 on the 2-core CPU machine: the nvidia libraries
+# 3.2 GB, torch 1.2 GB, triton 0.9 GB, warp 0.4 GB), and pip unpacks each wheel beside it. Say so
+# before downloading anything, rather than failing halfway with "No space left on device".
+check_free_space() {
+  local need_mb=7500 dir free_mb
+  dir="$(dirname "$VENV")"
+  free_mb="$(df -Pm "$dir" | awk 'NR == 2 {print $4}')"
+  if [[ -n "$free_mb" ]] && (( free_mb < need_mb )); then
+    echo "[setup_isaaclab_env] $dir has $free_mb MB free; a new $VENV needs about $need_mb MB" \
+      "(torch's CUDA build and its nvidia libraries, which PyPI's Linux torch always is)." \
+      "Free some space, or give another VENV_DIR (the first argument) on a larger disk." >&2
+    exit 1
+  fi
+}
+
 START=$(date +%s)
+if [[ ! -x "$VENV/bin/python" ]]; then
+  check_free_space
+fi
 PY312="$(find_python312)"
 echo "[setup_isaaclab_env] Python: $PY312 -> venv $VENV"
 if [[ ! -x "$VENV/bin/python" ]]; then

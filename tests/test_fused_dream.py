@@ -156,16 +156,32 @@ def _actor_loss_dream(agent, steps: int, stepwise: bool = False, autocast: bool 
     return out, objective
 
 
-def check_dream_matches_the_stepwise_loop() -> None:
+def _agent_of(model: str):
+    """The toy agent (``"toy"``), or ``model``'s agent on the embedded Ant (its sizes are the
+    kernels' constants: block counts, group widths, the columns each program covers)."""
+    if model == "toy":
+        return _toy_agent()
+    from conftest import load_config
+
+    from dreamer.agent import build_agent
+    from dreamer.training.loop import make_training_env
+
+    cfg = load_config(f"model={model}", "device=cpu", "env.num_envs=4", "env.backend=mujoco")
+    cfg.compile.enabled = False
+    torch.manual_seed(0)
+    return build_agent(cfg, make_training_env(cfg))
+
+
+def check_dream_matches_the_stepwise_loop(model: str, steps: int) -> None:
     """In float32, the fused dream's values are bitwise the plain loop's (the same kernels and
     matmuls on the same values) and its actor gradients agree to summation order. (Under bf16
     autocast they would not be bitwise here: Triton's interpreter rounds float32 to bf16 toward
     zero, where CUDA's Triton and autocast round to nearest; bench/check_fused_dream.py checks
     that case on a GPU.)"""
-    agent = _toy_agent()
+    agent = _agent_of(model)
     results = []
     for stepwise in (False, True):
-        out, objective = _actor_loss_dream(agent, 5, stepwise, autocast=False)
+        out, objective = _actor_loss_dream(agent, steps, stepwise, autocast=False)
         objective.backward()
         grads = {k: p.grad.clone() for k, p in agent.actor.named_parameters()}
         results.append((out, grads))
@@ -275,7 +291,12 @@ CASES = {
         ((5, 7, 11), BF16, [F32, BF16, F32], {1}),
     ),  # fmt: skip
     "sample_into_one_output": (check_sample_into, ((5, 7, 11), F32, [F32], set())),
-    "dream_matches_the_stepwise_loop": (check_dream_matches_the_stepwise_loop, ()),
+    "dream_matches_the_stepwise_loop": (check_dream_matches_the_stepwise_loop, ("toy", 5)),
+    # At the learner's sizes too (about 40 s here), as no GPU runs in CI.
+    "dream_matches_the_stepwise_loop_12m": (
+        check_dream_matches_the_stepwise_loop,
+        ("small12m", 3),
+    ),  # fmt: skip
     "dream_moves_nothing_per_step": (check_dream_moves_nothing_per_step, ()),
     "filter_forward_moves_nothing_per_step": (check_filter_forward_moves_nothing_per_step, ()),
     "norm_into_columns_fp32": (check_norm_into_columns, (16, 64, F32)),
