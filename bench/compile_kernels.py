@@ -25,6 +25,7 @@ It prints one row per kernel and exits non-zero if any launch fails to compile.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import subprocess
@@ -198,7 +199,7 @@ def gpu_forms(launch: dict) -> list[dict]:
     if launch["kernel"] != "_skinny_matmul":
         return [launch]
     dtype = launch["arguments"]["x_ptr"][1]
-    gpu = json.loads(json.dumps(launch))
+    gpu = copy.deepcopy(launch)
     if dtype == "torch.bfloat16":
         gpu["arguments"]["UPCAST"] = ["bool", False]
         return [gpu]

@@ -112,12 +112,10 @@ check_free_space() {
 }
 
 START=$(date +%s)
-if [[ ! -x "$VENV/bin/python" ]]; then
-  check_free_space
-fi
 PY312="$(find_python312)"
 echo "[setup_isaaclab_env] Python: $PY312 -> venv $VENV"
 if [[ ! -x "$VENV/bin/python" ]]; then
+  check_free_space
   "$PY312" -m venv "$VENV"
 fi
 # -q: pip still prints "isaaclab 3.0.0 requires <pkg>, which is not installed" for the pins we

@@ -1,7 +1,7 @@
 """Two kernels for ``tests/test_compile_kernels.py``: both run in Triton's interpreter, only the
 first fits an H100: the second's 256 x 256 float32 product needs more shared memory than the
-card's 227 KB a block (the interpreter has no such limit). Run as
-a script under ``TRITON_INTERPRET=1``, it launches both and prints their recorded launches."""
+card's 227 KB a block (the interpreter has no such limit). Run as a script under
+``TRITON_INTERPRET=1``, it launches both and prints their recorded launches."""
 
 import json
 import sys

@@ -17,7 +17,7 @@ pytest.importorskip("triton")
 sys.path.insert(0, str(ROOT / "bench"))
 from compile_kernels import compile_all  # noqa: E402
 
-# The kernel modules, each of which a 12M update or acting step launches.
+# The kernels (module.name) that a 12M update or acting step launches: all of them, each once at least.
 KERNELS = {
     "fused_ops._gru_forward_kernel",
     "fused_ops._gru_backward_kernel",

@@ -156,7 +156,7 @@ def _actor_loss_dream(agent, steps: int, stepwise: bool = False, autocast: bool 
     return out, objective
 
 
-def _agent_of(model: str):
+def _agent_of(model: str, device: str = "cpu"):
     """The toy agent (``"toy"``), or ``model``'s agent on the embedded Ant (its sizes are the
     kernels' constants: block counts, group widths, the columns each program covers)."""
     if model == "toy":
@@ -166,7 +166,7 @@ def _agent_of(model: str):
     from dreamer.agent import build_agent
     from dreamer.training.loop import make_training_env
 
-    cfg = load_config(f"model={model}", "device=cpu", "env.num_envs=4", "env.backend=mujoco")
+    cfg = load_config(f"model={model}", f"device={device}", "env.num_envs=4", "env.backend=mujoco")
     cfg.compile.enabled = False
     torch.manual_seed(0)
     return build_agent(cfg, make_training_env(cfg))
@@ -309,14 +309,7 @@ def test_on_cuda_the_bf16_dream_is_bitwise_the_stepwise_loops():
     """Where the kernels round to nearest as autocast does (CUDA), each reader's bf16 copy is the
     cast the plain loop made: the dream is bitwise the same, the gradients agree to summation
     order (small12m, as the learner runs it)."""
-    from dreamer.agent import build_agent
-    from dreamer.config import load_config
-    from dreamer.training.loop import make_training_env
-
-    cfg = load_config("model=small12m", "device=cuda", "env.num_envs=4", "env.backend=mujoco")
-    cfg.compile.enabled = False
-    torch.manual_seed(0)
-    agent = build_agent(cfg, make_training_env(cfg))
+    agent = _agent_of("small12m", "cuda")
     results = []
     for stepwise in (False, True):
         out, objective = _actor_loss_dream(agent, 15, stepwise)
