@@ -29,7 +29,7 @@ def _weighted(outputs: list[torch.Tensor], read: list[bool]) -> torch.Tensor:
     generator = torch.Generator().manual_seed(9)
     total = 0
     for output, wanted in zip(outputs, read, strict=True):
-        weight = torch.randn(output.shape, generator=generator)
+        weight = torch.randn(output.shape, generator=generator).to(output.device)
         total = total + (weight * output.float()).sum() * wanted
     return total
 
