@@ -165,3 +165,67 @@ def test_the_graphed_bf16_update_keeps_finite_gradients():
         for key in [k for k in metrics.keys() if k.startswith("loss_")] + ["grad_norm"]:
             assert torch.isfinite(metrics[key]).all(), f"{key} at update {step}"
     assert all(torch.isfinite(p).all() for p in agent.loss.parameters())
+
+
+def test_the_replay_critic_accumulates_into_the_critic_only_after_the_branch(smoke_cfg):
+    # A backward() of the replay critic's loss would accumulate into the critic's parameters,
+    # whose accumulation runs on the actor-critic stream, and so make the world model's stream
+    # wait for that whole branch before the filter's backward (the CUDA test below). Its
+    # gradients are instead added once the branch's backward is done: one accumulation each.
+    agent = _agent(smoke_cfg, 14)
+    accumulated = {}
+    for name, param in agent.value_mlp.named_parameters():
+        param.register_post_accumulate_grad_hook(
+            lambda p, _name=name: accumulated.update({_name: accumulated.get(_name, 0) + 1})
+        )
+    reference = _agent(smoke_cfg, 14)
+    sample = _sequences(2, 6, obs_dim=4, action_dim=2)
+    torch.manual_seed(2)
+    dreamer_losses(agent.loss, sample.clone(), backward=True)
+    names = [name for name, _ in agent.value_mlp.named_parameters()]
+    assert accumulated == {name: 1 for name in names}
+    # ... and the critic's gradients still hold the replay critic's share.
+    torch.manual_seed(2)
+    losses = reference.loss(sample.clone())
+    sum(v.sum() for k, v in losses.items() if k.startswith("loss_")).backward()
+    for (name, got), want in zip(
+        agent.value_mlp.named_parameters(), reference.value_mlp.parameters(), strict=True
+    ):
+        torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_filters_backward_waits_for_the_returns_not_the_whole_branch(smoke_cfg, monkeypatch):
+    from dreamer.world_model.filter_cut import FilterCut
+
+    smoke_cfg.device = "cuda"
+    agent = _agent(smoke_cfg, 15)
+    side = branch_stream(torch.device("cuda"))
+    events = {}
+    value_forward = agent.loss.value_loss.forward
+
+    def busy_value_loss(*args, **kwargs):  # runs on the branch's stream, after the returns
+        result = value_forward(*args, **kwargs)
+        work = torch.randn(4096, 4096, device="cuda")
+        for _ in range(30):  # tens of milliseconds of work queued on the branch
+            work = work @ work / 64
+        events["branch_done"] = torch.cuda.Event()
+        events["branch_done"].record()
+        return result
+
+    targets = FilterCut.backward_targets
+
+    def mark_filter_backward(self):  # on the world model's stream, just before its backward
+        events["filter_backward"] = torch.cuda.Event()
+        events["filter_backward"].record()
+        return targets(self)
+
+    monkeypatch.setattr(agent.loss.value_loss, "forward", busy_value_loss)
+    monkeypatch.setattr(FilterCut, "backward_targets", mark_filter_backward)
+    sample = _sequences(4, 8, obs_dim=4, action_dim=2).to("cuda")
+    torch.cuda.synchronize()
+    dreamer_losses(agent.loss, sample, side, backward=True)
+    events["filter_backward"].synchronize()
+    # The filter's backward could start while the branch was still busy.
+    assert not events["branch_done"].query()
+    torch.cuda.synchronize()

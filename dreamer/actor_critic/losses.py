@@ -68,11 +68,13 @@ class DreamerValueLoss(DreamerV3ValueLoss):
         *,
         horizon: float = 333.0,
         lmbda: float = 0.95,
+        params: TensorDictBase | None = None,
     ) -> TensorDictBase:
         """The critic's loss on a replayed ``[B, T]`` sequence, as TorchRL's method defines it:
         the critic at every replayed state but the last learns the lambda-return from the next
         rewards and bootstraps (step discount ``1 - 1 / horizon``), except where an episode ends;
-        plus the slow-critic term when that regularisation is on.
+        plus the slow-critic term when that regularisation is on. ``params`` replace the critic's
+        own (:class:`~dreamer.training.concurrent_loss.ReplayCriticParameters`).
 
         Returns:
             ``loss_replay_value``, the scalar unweighted loss.
@@ -90,7 +92,8 @@ class DreamerValueLoss(DreamerV3ValueLoss):
             1 - 1 / horizon,
             lmbda,
         )
-        prediction = self._replay_predictions(tensordict, self.value_model_params)
+        own = self.value_model_params if params is None else params
+        prediction = self._replay_predictions(tensordict, own)
         loss = self._critic_loss(prediction, target)
         if self.slow_critic_regularization:
             with torch.no_grad():

@@ -73,16 +73,50 @@ def _actor_input(loss: DreamerV3Loss, posterior: TensorDictBase, batch: int) -> 
     )
 
 
+class ReplayCriticParameters:
+    """The critic's parameters as leaves of their own for the replay critic's loss, made on the
+    world model's stream; :meth:`add_gradients` adds what they gathered to the parameters.
+
+    Why: a parameter's gradient accumulates on the stream where autograd first saw it used, the
+    actor-critic stream for the critic (imagination reads it there), and a ``backward()`` ends
+    by making the calling stream wait for every stream it accumulated on (so that ``.grad`` is
+    safe to read there; ``autograd.grad`` waits the same way for the streams of what it
+    captures). Backpropagating the replay critic's loss into the critic itself would so make
+    the world model's stream wait for everything queued on the branch by then -- the actor's
+    and critic's losses after the imagined returns -- and the filter's backward, which needs
+    only the returns, would start after them. These leaves share the parameters' storage and
+    accumulate on the world model's stream.
+    """
+
+    def __init__(self, loss: DreamerV3Loss) -> None:
+        self.params = loss.value_loss.value_model_params
+        self.leaves = self.params.data.apply(lambda p: p.detach().requires_grad_(True))
+
+    def add_gradients(self) -> None:
+        """Adds each leaf's gradient to its parameter's ``.grad`` (or sets it), as accumulation
+        would have."""
+        with torch.no_grad():
+            for key, leaf in self.leaves.items(True, True):
+                param = self.params.get(key)
+                if leaf.grad is not None and param.requires_grad:
+                    param.grad = leaf.grad if param.grad is None else param.grad.add_(leaf.grad)
+
+
 def _replay_value(
-    loss: DreamerV3Loss, sample: TensorDictBase, posterior: TensorDictBase, bootstrap
+    loss: DreamerV3Loss,
+    sample: TensorDictBase,
+    posterior: TensorDictBase,
+    bootstrap,
+    params: TensorDictBase | None = None,
 ) -> torch.Tensor:
-    """The critic's loss on the replayed posterior features, bootstrapped from imagination."""
+    """The critic's loss on the replayed posterior features, bootstrapped from imagination
+    (with ``params`` for the critic's, if given)."""
     value_loss, keys = loss.value_loss, loss.value_loss.tensor_keys
     features = posterior.get("next").select(*value_loss.value_model.in_keys)
     features.set(keys.bootstrap, bootstrap.reshape(sample.batch_size))
     features.set("next", sample.get("next").select(keys.reward, keys.done, keys.terminated))
     replay = value_loss.replay_value_loss(
-        features, horizon=loss.continuation_horizon, lmbda=loss.lmbda
+        features, horizon=loss.continuation_horizon, lmbda=loss.lmbda, params=params
     )
     return replay["loss_replay_value"]
 
@@ -146,7 +180,8 @@ def dreamer_losses(
     parameters' ``.grad``), in three calls that put each piece of the backward pass where it
     waits least (:mod:`dreamer.world_model.filter_cut`): the world model's heads down to the
     filter's outputs while the actor-critic stream imagines, the replay critic once imagination
-    gives its bootstrap, then the filter beside the imagination's backward.
+    gives its bootstrap (into leaves of its own: :class:`ReplayCriticParameters`), then the
+    filter beside the imagination's backward.
     """
     if backward and not torch.is_grad_enabled():
         raise RuntimeError("dreamer_losses(backward=True) needs gradients enabled.")
@@ -188,8 +223,12 @@ def _dreamer_losses(loss, sample, side_stream, backward: bool, device_type: str)
         else:
             main_stream.wait_stream(side_stream)
         bootstrap.record_stream(main_stream)
+    critic = None
     if loss.replay_value_loss_weight:
-        replay_value = _replay_value(loss, sample, posterior, bootstrap)
+        # Only where this function backpropagates can the leaves' gradients be added afterwards.
+        critic = ReplayCriticParameters(loss) if cut is not None else None
+        leaves = None if critic is None else critic.leaves
+        replay_value = _replay_value(loss, sample, posterior, bootstrap, leaves)
     else:
         replay_value = bootstrap.new_zeros(())
     weighted_replay_value = loss.replay_value_loss_weight * replay_value
@@ -202,6 +241,8 @@ def _dreamer_losses(loss, sample, side_stream, backward: bool, device_type: str)
         main_stream.wait_stream(side_stream)
         for entries in (actor_losses, value_losses):
             keep_until_used(entries, main_stream)
+    if critic is not None:
+        critic.add_gradients()
     result = model_losses.apply(torch.squeeze)
     result.update(actor_losses).update(value_losses)
     result.set("loss_replay_value", weighted_replay_value)
