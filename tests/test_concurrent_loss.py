@@ -204,11 +204,22 @@ def test_the_filters_backward_waits_for_the_returns_not_the_whole_branch(smoke_c
     events = {}
     value_forward = agent.loss.value_loss.forward
 
+    # About a second of matmuls, far longer than the host takes to queue the rest of the
+    # update, so the branch is surely still busy when the world model's stream could go on.
+    work = torch.randn(4096, 4096, device="cuda")
+    work @ work  # the first product also sets cuBLAS up: time the second
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    work @ work
+    end.record()
+    end.synchronize()
+    products = max(1, int(1000 / max(start.elapsed_time(end), 1e-3)))
+
     def busy_value_loss(*args, **kwargs):  # runs on the branch's stream, after the returns
         result = value_forward(*args, **kwargs)
-        work = torch.randn(4096, 4096, device="cuda")
-        for _ in range(30):  # tens of milliseconds of work queued on the branch
-            work = work @ work / 64
+        busy = work
+        for _ in range(products):
+            busy = busy @ work / 64
         events["branch_done"] = torch.cuda.Event()
         events["branch_done"].record()
         return result
