@@ -42,7 +42,8 @@ def _end(kernel: dict) -> float:
 
 def _loop_streams(kernels: list[dict], name: str) -> tuple[list[dict], list[dict]]:
     """The launches of kernel ``name`` on the stream that runs it most often (the filter's, one
-    per replayed step) and on the stream that runs it second most (the imagination's)."""
+    per replayed step) and on the stream that runs it second most (the imagination's, one per
+    imagined step: so the sequences must be longer than the imagination's horizon)."""
     by_stream: dict = defaultdict(list)
     for kernel in kernels:
         if kernel["name"].startswith(name):
