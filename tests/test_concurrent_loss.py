@@ -194,6 +194,20 @@ def test_the_replay_critic_accumulates_into_the_critic_only_after_the_branch(smo
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
+def _about_a_second_of_matmuls() -> tuple[torch.Tensor, int]:
+    """A CUDA matrix and how many products with it take about a second: far longer than the
+    host takes to queue the rest of an update, so a stream queued with them is surely still
+    busy when another could go on."""
+    work = torch.randn(4096, 4096, device="cuda")
+    work @ work  # the first product also sets cuBLAS up: time the second
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    work @ work
+    end.record()
+    end.synchronize()
+    return work, max(1, int(1000 / max(start.elapsed_time(end), 1e-3)))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_the_filters_backward_waits_for_the_returns_not_the_whole_branch(smoke_cfg, monkeypatch):
     from dreamer.world_model.filter_cut import FilterCut
@@ -204,16 +218,7 @@ def test_the_filters_backward_waits_for_the_returns_not_the_whole_branch(smoke_c
     events = {}
     value_forward = agent.loss.value_loss.forward
 
-    # About a second of matmuls, far longer than the host takes to queue the rest of the
-    # update, so the branch is surely still busy when the world model's stream could go on.
-    work = torch.randn(4096, 4096, device="cuda")
-    work @ work  # the first product also sets cuBLAS up: time the second
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    work @ work
-    end.record()
-    end.synchronize()
-    products = max(1, int(1000 / max(start.elapsed_time(end), 1e-3)))
+    work, products = _about_a_second_of_matmuls()
 
     def busy_value_loss(*args, **kwargs):  # runs on the branch's stream, after the returns
         result = value_forward(*args, **kwargs)
@@ -239,4 +244,39 @@ def test_the_filters_backward_waits_for_the_returns_not_the_whole_branch(smoke_c
     events["filter_backward"].synchronize()
     # The filter's backward could start while the branch was still busy.
     assert not events["branch_done"].query()
+    torch.cuda.synchronize()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_replay_critics_passes_run_before_the_imagined_returns_exist(smoke_cfg, monkeypatch):
+    smoke_cfg.device = "cuda"
+    agent = _agent(smoke_cfg, 16)
+    side = branch_stream(torch.device("cuda"))
+    events = {}
+    work, products = _about_a_second_of_matmuls()
+    actor_forward = agent.loss.actor_loss.forward
+    predictions = agent.loss.value_loss._replay_predictions
+
+    def busy_actor_loss(*args, **kwargs):  # on the branch's stream, before it imagines
+        busy = work
+        for _ in range(products):
+            busy = busy @ work / 64
+        events["branch_busy_until"] = torch.cuda.Event()
+        events["branch_busy_until"].record()
+        return actor_forward(*args, **kwargs)
+
+    def mark_replay_predictions(*args, **kwargs):  # the critic's pass, on the world model's stream
+        result = predictions(*args, **kwargs)
+        events.setdefault("critic_pass", torch.cuda.Event()).record()
+        return result
+
+    monkeypatch.setattr(agent.loss.actor_loss, "forward", busy_actor_loss)
+    monkeypatch.setattr(agent.loss.value_loss, "_replay_predictions", mark_replay_predictions)
+    sample = _sequences(4, 8, obs_dim=4, action_dim=2).to("cuda")
+    torch.cuda.synchronize()
+    dreamer_losses(agent.loss, sample, side, backward=True)
+    events["critic_pass"].synchronize()
+    # The replay critic's passes (the slow critic's last) ran while the branch was still busy
+    # before its returns: they did not wait for them.
+    assert not events["branch_busy_until"].query()
     torch.cuda.synchronize()

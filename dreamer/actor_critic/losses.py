@@ -11,6 +11,8 @@ TorchRL's classes on the same inputs.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives import DreamerV3ActorLoss, DreamerV3ValueLoss, symlog, two_hot_cross_entropy
@@ -52,6 +54,14 @@ class DreamerActorLoss(DreamerV3ActorLoss):
         return target
 
 
+class ReplayPredictions(NamedTuple):
+    """What the replay critic's loss needs besides the bootstrap (its imagined returns)."""
+
+    next: TensorDictBase  # the replayed ``("next", ...)`` entries: reward, done, terminated
+    prediction: torch.Tensor  # the critic's logits (or values) at every state but the last
+    slow_term: torch.Tensor | None  # the weighted slow-critic term, when that is on
+
+
 class DreamerValueLoss(DreamerV3ValueLoss):
     """``DreamerV3ValueLoss`` whose replay targets come from :func:`replay_lambda_returns`.
 
@@ -76,29 +86,57 @@ class DreamerValueLoss(DreamerV3ValueLoss):
         plus the slow-critic term when that regularisation is on. ``params`` replace the critic's
         own (:class:`~dreamer.training.concurrent_loss.ReplayCriticParameters`).
 
+        It is :meth:`replay_value_predictions` then :meth:`replay_value_loss_from`; the update
+        calls the two apart, so that the first runs before the imagined returns exist.
+
         Returns:
             ``loss_replay_value``, the scalar unweighted loss.
         """
-        keys = self.tensor_keys
+        predictions = self.replay_value_predictions(tensordict, params=params)
+        bootstrap = tensordict.get(self.tensor_keys.bootstrap)
+        return self.replay_value_loss_from(predictions, bootstrap, horizon=horizon, lmbda=lmbda)
+
+    def replay_value_predictions(
+        self, tensordict: TensorDictBase, *, params: TensorDictBase | None = None
+    ) -> ReplayPredictions:
+        """The part of :meth:`replay_value_loss` that needs no bootstrap: the critic's (and the
+        slow critic's) passes over the replayed states. ``tensordict`` as for
+        :meth:`replay_value_loss`, without ``bootstrap``."""
         if not self.replay_grad:
             features = tensordict.select(*self.value_model.in_keys, strict=False).detach()
             tensordict = tensordict.clone(False).update(features)
-        done = tensordict.get(("next", keys.done))
-        target = replay_lambda_returns(
-            tensordict.get(("next", keys.reward)),
-            done,
-            tensordict.get(("next", keys.terminated)),
-            tensordict.get(keys.bootstrap),
-            1 - 1 / horizon,
-            lmbda,
-        )
         own = self.value_model_params if params is None else params
         prediction = self._replay_predictions(tensordict, own)
-        loss = self._critic_loss(prediction, target)
+        slow_term = None
         if self.slow_critic_regularization:
             with torch.no_grad():
                 slow = self._replay_predictions(tensordict, self.target_value_model_params, True)
-            loss = loss + self.slow_critic_regularization * self._critic_loss(prediction, slow)
+            slow_term = self.slow_critic_regularization * self._critic_loss(prediction, slow)
+        return ReplayPredictions(tensordict.get("next"), prediction, slow_term)
+
+    def replay_value_loss_from(
+        self,
+        predictions: ReplayPredictions,
+        bootstrap: torch.Tensor,
+        *,
+        horizon: float = 333.0,
+        lmbda: float = 0.95,
+    ) -> TensorDictBase:
+        """:meth:`replay_value_loss` from its :meth:`replay_value_predictions` and the bootstrap
+        ``[B, T]`` (the first imagined return of every replayed state)."""
+        keys = self.tensor_keys
+        done = predictions.next.get(keys.done)
+        target = replay_lambda_returns(
+            predictions.next.get(keys.reward),
+            done,
+            predictions.next.get(keys.terminated),
+            bootstrap,
+            1 - 1 / horizon,
+            lmbda,
+        )
+        loss = self._critic_loss(predictions.prediction, target)
+        if predictions.slow_term is not None:
+            loss = loss + predictions.slow_term
         kept = (~done.squeeze(-1)[..., :-1]).to(loss.dtype)  # the episode's last step has no target
         return TensorDict(loss_replay_value=_reduced(kept * loss, self.reduction))
 

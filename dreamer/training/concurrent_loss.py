@@ -102,23 +102,19 @@ class ReplayCriticParameters:
                     param.grad = leaf.grad if param.grad is None else param.grad.add_(leaf.grad)
 
 
-def _replay_value(
+def _replay_predictions(
     loss: DreamerV3Loss,
     sample: TensorDictBase,
     posterior: TensorDictBase,
-    bootstrap,
     params: TensorDictBase | None = None,
-) -> torch.Tensor:
-    """The critic's loss on the replayed posterior features, bootstrapped from imagination
-    (with ``params`` for the critic's, if given)."""
-    value_loss, keys = loss.value_loss, loss.value_loss.tensor_keys
+):
+    """The critic's passes over the replayed posterior features (with ``params`` for the
+    critic's, if given): the part of its replay loss that needs no imagined return."""
+    value_loss = loss.value_loss
     features = posterior.get("next").select(*value_loss.value_model.in_keys)
-    features.set(keys.bootstrap, bootstrap.reshape(sample.batch_size))
+    keys = value_loss.tensor_keys
     features.set("next", sample.get("next").select(keys.reward, keys.done, keys.terminated))
-    replay = value_loss.replay_value_loss(
-        features, horizon=loss.continuation_horizon, lmbda=loss.lmbda, params=params
-    )
-    return replay["loss_replay_value"]
+    return value_loss.replay_value_predictions(features, params=params)
 
 
 def _watch_returns(actor_loss, enabled: bool) -> list | None:
@@ -215,20 +211,29 @@ def _dreamer_losses(loss, sample, side_stream, backward: bool, device_type: str)
         # Kept: the replay critic reads the posterior states through the same ops after the
         # cut (where a row's next observation is invalid, a state sampled from the prior).
         _backward(device_type, loss_sum(model_losses), retain_graph=True)
+    critic = replay = None
+    if loss.replay_value_loss_weight:
+        # Only where this function backpropagates can the leaves' gradients be added afterwards.
+        critic = ReplayCriticParameters(loss) if cut is not None else None
+        leaves = None if critic is None else critic.leaves
+        # The critic's passes over the replayed states need no imagined return: queued before
+        # the wait for them, they run while the branch imagines.
+        replay = _replay_predictions(loss, sample, posterior, leaves)
     if side_stream is not None:
-        # The replay critic needs the imagined returns only, not the actor's and critic's
-        # forward passes that follow them on the branch.
+        # The rest of the replay critic needs the imagined returns only, not the actor's and
+        # critic's forward passes that follow them on the branch.
         if returns_ready:
             main_stream.wait_event(returns_ready[-1])
         else:
             main_stream.wait_stream(side_stream)
         bootstrap.record_stream(main_stream)
-    critic = None
-    if loss.replay_value_loss_weight:
-        # Only where this function backpropagates can the leaves' gradients be added afterwards.
-        critic = ReplayCriticParameters(loss) if cut is not None else None
-        leaves = None if critic is None else critic.leaves
-        replay_value = _replay_value(loss, sample, posterior, bootstrap, leaves)
+    if replay is not None:
+        replay_value = loss.value_loss.replay_value_loss_from(
+            replay,
+            bootstrap.reshape(sample.batch_size),
+            horizon=loss.continuation_horizon,
+            lmbda=loss.lmbda,
+        )["loss_replay_value"]
     else:
         replay_value = bootstrap.new_zeros(())
     weighted_replay_value = loss.replay_value_loss_weight * replay_value
