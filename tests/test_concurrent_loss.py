@@ -28,6 +28,30 @@ def test_matches_torchrl_dreamer_loss_forward_bitwise(smoke_cfg):
     assert got["loss_replay_value"] != 0  # the replay critic loss is on in the smoke profile
 
 
+def test_the_replay_critics_passes_come_before_its_returns(smoke_cfg, monkeypatch):
+    """The passes over the replayed states need no imagined return, so the update can queue
+    them before it waits for the returns (on CUDA: while the branch imagines). TorchRL's
+    ``replay_value_loss`` computes the returns first."""
+    from dreamer.actor_critic import losses
+
+    agent = _agent(smoke_cfg, 18)
+    calls = []
+    passes, returns = agent.loss.value_loss._replay_predictions, losses.replay_lambda_returns
+
+    def logged_passes(*args, **kwargs):
+        calls.append("pass")
+        return passes(*args, **kwargs)
+
+    def logged_returns(*args, **kwargs):
+        calls.append("returns")
+        return returns(*args, **kwargs)
+
+    monkeypatch.setattr(agent.loss.value_loss, "_replay_predictions", logged_passes)
+    monkeypatch.setattr(losses, "replay_lambda_returns", logged_returns)
+    dreamer_losses(agent.loss, _sequences(2, 6, obs_dim=4, action_dim=2), backward=True)
+    assert calls == ["pass", "pass", "returns"]  # the critic's, the slow critic's, the returns
+
+
 def test_the_branch_gets_gradients_into_actor_critic_and_world_model(smoke_cfg):
     agent = _agent(smoke_cfg, 6)
     losses = dreamer_losses(agent.loss, _sequences(2, 6, obs_dim=4, action_dim=2))
@@ -194,89 +218,71 @@ def test_the_replay_critic_accumulates_into_the_critic_only_after_the_branch(smo
         torch.testing.assert_close(got.grad, want.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
-def _about_a_second_of_matmuls() -> tuple[torch.Tensor, int]:
-    """A CUDA matrix and how many products with it take about a second: far longer than the
-    host takes to queue the rest of an update, so a stream queued with them is surely still
-    busy when another could go on."""
-    work = torch.randn(4096, 4096, device="cuda")
-    work @ work  # the first product also sets cuBLAS up: time the second
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    work @ work
-    end.record()
-    end.synchronize()
-    return work, max(1, int(1000 / max(start.elapsed_time(end), 1e-3)))
+def _busy_then_reached(agent, busy_on: tuple, reached: tuple) -> bool:
+    """Whether the point ``reached`` was passed while the stream of ``busy_on`` was still busy.
+
+    Runs one eager ``dreamer_losses`` with its backward on CUDA, with the call
+    ``busy_on = (owner, name, before)`` wrapped to queue about two seconds of spinning on its
+    stream (``stream_busy.py``) before or after it runs, and the call ``reached = (owner,
+    name)`` wrapped to record an event on its stream after it runs (its last call). Two seconds
+    are far longer than the host takes to queue the rest of a warmed-up update, so the event
+    completing first means that its stream did not wait for the busy one.
+    """
+    from stream_busy import keep_busy, spin_iterations
+
+    side = branch_stream(torch.device("cuda"))
+    sample = _sequences(4, 8, obs_dim=4, action_dim=2).to("cuda")
+    # A first update compiles every kernel, so the host queues the measured one quickly.
+    dreamer_losses(agent.loss, sample, side, backward=True)
+    iterations, events = spin_iterations(2.0), {}
+    owner, name, before = busy_on
+    busy_call = getattr(owner, name)
+
+    def busy(*args, **kwargs):
+        if before:
+            events["busy"] = keep_busy(iterations)
+        result = busy_call(*args, **kwargs)
+        if not before:
+            events["busy"] = keep_busy(iterations)
+        return result
+
+    reached_call = getattr(*reached)
+
+    def mark(*args, **kwargs):
+        result = reached_call(*args, **kwargs)
+        events["reached"] = torch.cuda.Event()
+        events["reached"].record()
+        return result
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(owner, name, busy)
+        patch.setattr(*reached, mark)
+        torch.cuda.synchronize()
+        dreamer_losses(agent.loss, sample, side, backward=True)
+    events["reached"].synchronize()
+    still_busy = not events["busy"].query()
+    torch.cuda.synchronize()
+    return still_busy
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_the_filters_backward_waits_for_the_returns_not_the_whole_branch(smoke_cfg, monkeypatch):
+def test_the_filters_backward_waits_for_the_returns_not_the_whole_branch(smoke_cfg):
     from dreamer.world_model.filter_cut import FilterCut
 
     smoke_cfg.device = "cuda"
     agent = _agent(smoke_cfg, 15)
-    side = branch_stream(torch.device("cuda"))
-    events = {}
-    value_forward = agent.loss.value_loss.forward
-
-    work, products = _about_a_second_of_matmuls()
-
-    def busy_value_loss(*args, **kwargs):  # runs on the branch's stream, after the returns
-        result = value_forward(*args, **kwargs)
-        busy = work
-        for _ in range(products):
-            busy = busy @ work / 64
-        events["branch_done"] = torch.cuda.Event()
-        events["branch_done"].record()
-        return result
-
-    targets = FilterCut.backward_targets
-
-    def mark_filter_backward(self):  # on the world model's stream, just before its backward
-        events["filter_backward"] = torch.cuda.Event()
-        events["filter_backward"].record()
-        return targets(self)
-
-    monkeypatch.setattr(agent.loss.value_loss, "forward", busy_value_loss)
-    monkeypatch.setattr(FilterCut, "backward_targets", mark_filter_backward)
-    sample = _sequences(4, 8, obs_dim=4, action_dim=2).to("cuda")
-    torch.cuda.synchronize()
-    dreamer_losses(agent.loss, sample, side, backward=True)
-    events["filter_backward"].synchronize()
-    # The filter's backward could start while the branch was still busy.
-    assert not events["branch_done"].query()
-    torch.cuda.synchronize()
+    # Busy on the branch after the returns (its critic loss); reached: the world model's stream
+    # collecting the gradients for the filter's backward.
+    after_value_loss = (agent.loss.value_loss, "forward", False)
+    assert _busy_then_reached(agent, after_value_loss, (FilterCut, "backward_targets"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_the_replay_critics_passes_run_before_the_imagined_returns_exist(smoke_cfg, monkeypatch):
+def test_the_replay_critics_passes_run_before_the_imagined_returns_exist(smoke_cfg):
     smoke_cfg.device = "cuda"
     agent = _agent(smoke_cfg, 16)
-    side = branch_stream(torch.device("cuda"))
-    events = {}
-    work, products = _about_a_second_of_matmuls()
-    actor_forward = agent.loss.actor_loss.forward
-    predictions = agent.loss.value_loss._replay_predictions
-
-    def busy_actor_loss(*args, **kwargs):  # on the branch's stream, before it imagines
-        busy = work
-        for _ in range(products):
-            busy = busy @ work / 64
-        events["branch_busy_until"] = torch.cuda.Event()
-        events["branch_busy_until"].record()
-        return actor_forward(*args, **kwargs)
-
-    def mark_replay_predictions(*args, **kwargs):  # the critic's pass, on the world model's stream
-        result = predictions(*args, **kwargs)
-        events.setdefault("critic_pass", torch.cuda.Event()).record()
-        return result
-
-    monkeypatch.setattr(agent.loss.actor_loss, "forward", busy_actor_loss)
-    monkeypatch.setattr(agent.loss.value_loss, "_replay_predictions", mark_replay_predictions)
-    sample = _sequences(4, 8, obs_dim=4, action_dim=2).to("cuda")
-    torch.cuda.synchronize()
-    dreamer_losses(agent.loss, sample, side, backward=True)
-    events["critic_pass"].synchronize()
-    # The replay critic's passes (the slow critic's last) ran while the branch was still busy
-    # before its returns: they did not wait for them.
-    assert not events["branch_busy_until"].query()
-    torch.cuda.synchronize()
+    # Busy on the branch just before its returns; reached: the critic's and the slow critic's
+    # passes over the replayed states, on the world model's stream.
+    before_returns = (agent.loss.actor_loss, "lambda_target", True)
+    passes = (agent.loss.value_loss, "_replay_predictions")
+    assert _busy_then_reached(agent, before_returns, passes)
