@@ -16,7 +16,8 @@ Prints, in ms from the update's first kernel: the filter's forward, the imaginat
 to its returns, the replay critic, the filter's backward and the imagination's backward, the
 work between the filter's backward and the optimizer, and the optimizer step; then the wait
 between the replay critic's end and the filter's backward (the filter's backward needs the
-replay critic's gradient and nothing after it).
+replay critic's gradient and nothing after it). With ``--kernels N``, also each phase's kernels
+per stream: their count, their summed time and the ``N`` names that took longest.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 
@@ -138,10 +139,40 @@ def report(kernels: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def phase_kernels(kernels: list[dict], top: int) -> str:
+    """Each phase's kernels (those starting inside it; phases on two streams overlap) per stream:
+    count, summed time and the ``top`` names by summed time."""
+    origin = kernels[0]["start_us"]
+    lines = []
+    for name, (start, end) in sorted(update_phases(kernels).items(), key=lambda item: item[1]):
+        lines.append(f"{name} ({start:.2f}-{end:.2f} ms):")
+        by_stream: dict = defaultdict(list)
+        for kernel in kernels:
+            if start <= (kernel["start_us"] - origin) / 1e3 < end:
+                by_stream[kernel["stream"]].append(kernel)
+        for stream, launched in sorted(by_stream.items(), key=lambda item: str(item[0])):
+            total = sum(k["us"] for k in launched)
+            lines.append(f"  stream {stream}: {len(launched)} kernels, {total:.1f} us")
+            times, counts = Counter(), Counter()
+            for kernel in launched:
+                times[kernel["name"]] += kernel["us"]
+                counts[kernel["name"]] += 1
+            for kernel_name, time in times.most_common(top):
+                lines.append(f"    {time:8.1f} us {counts[kernel_name]:4d}x  {kernel_name[:100]}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("trace", type=Path, help="bench_learner.py --trace output (.json/.gz)")
-    print(report(load_trace(parser.parse_args().trace)))
+    parser.add_argument(
+        "--kernels", type=int, default=0, metavar="N", help="list each phase's N longest kernels"
+    )
+    args = parser.parse_args()
+    kernels = load_trace(args.trace)
+    print(report(kernels))
+    if args.kernels:
+        print(phase_kernels(kernels, args.kernels))
 
 
 if __name__ == "__main__":

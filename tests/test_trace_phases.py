@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from trace_phases import load_trace, report, update_phases  # noqa: E402
+from trace_phases import load_trace, phase_kernels, report, update_phases  # noqa: E402
 
 
 class _Trace:
@@ -28,17 +28,18 @@ class _Trace:
 
 
 def _update(wait_us: float) -> list[dict]:
-    """Streams 1 (world model, optimizer), 2 (imagination), 3 (replay critic), 4 (imagination's
-    backward); 8 filter steps, 3 imagined steps; the filter's backward starts ``wait_us`` after
+    """Streams 1 (filter forward, optimizer), 2 (imagination), 3 (replay critic, then the
+    filter's backward and the work after it), 4 (imagination's backward), as a captured update
+    replays them; 8 filter steps, 3 imagined steps; the filter's backward starts ``wait_us`` after
     the replay critic's last kernel."""
     trace = _Trace()
     end = trace.run(1, 0.0, ["encoder"] + ["_gru_forward_kernel", "matmul"] * 8)
     dream = trace.run(2, end + 5, ["actor"] + ["_gru_forward_kernel", "prior"] * 3)
     returns = trace.run(2, dream + 1, ["_dream_forward_kernel", "heads"])
     replay_end = trace.run(3, returns + 1, ["_replay_kernel", "critic", "critic_backward"])
-    backward = trace.run(1, replay_end + wait_us, ["_gru_backward_kernel", "matmul"] * 8)
+    backward = trace.run(3, replay_end + wait_us, ["_gru_backward_kernel", "matmul"] * 8)
     trace.run(4, replay_end + 2, ["loss_backward"] + ["_gru_backward_kernel", "matmul"] * 3)
-    tail = trace.run(1, backward + 1, ["deferred_weights", "encoder_backward"])
+    tail = trace.run(3, backward + 1, ["deferred_weights", "encoder_backward"])
     trace.run(1, tail + 1, ["_partial_norms", "_apply_update"])
     # A stray launch of the filter's GRU kernel long after its loop must not count as a step.
     trace.run(1, tail + 400, ["_gru_forward_kernel"])
@@ -77,3 +78,20 @@ def test_a_one_stream_trace_is_refused():
     kernels = [k | {"stream": 1} for k in _update(wait_us=50.0)]
     with pytest.raises(ValueError, match="two-branch"):
         update_phases(kernels)
+
+
+def test_each_phases_kernels_per_stream():
+    text = phase_kernels(_update(wait_us=50.0), top=3)
+    tail = text[text.index("after the filter backward") : text.index("optimizer step")]
+    # The tail: the last step's matmul, the deferred weights and the encoder's backward.
+    assert tail.splitlines()[1] == "  stream 3: 3 kernels, 30.0 us"
+    assert {line.split()[-1] for line in tail.splitlines()[2:]} == {
+        "matmul",
+        "deferred_weights",
+        "encoder_backward",
+    }
+    forward = text[: text.index("imagination forward")].splitlines()
+    # The filter's forward, up to its last GRU kernel: the encoder and 15 kernels of 8 steps,
+    # the GRU's first by time.
+    assert forward[1] == "  stream 1: 16 kernels, 160.0 us"
+    assert forward[2].split()[-2:] == ["8x", "_gru_forward_kernel"]
