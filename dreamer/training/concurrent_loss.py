@@ -15,8 +15,9 @@ sub-losses, in the same order (so the random draws are the same), with the ``act
 ``value_loss`` calls on ``side_stream``. The replay value loss stays on the main stream: its
 gradient reaches the posterior features, so the world model's backward waits for it either way,
 and it is cheap. The streams meet only where they must: imagination waits for the posterior
-states (not for the world model's heads), and the replay critic waits for the imagined returns
-(not for the actor's and critic's passes after them). With ``backward=True`` the backward pass
+states (not for the world model's heads), and the replay critic's loss waits for the imagined
+returns (not for the actor's and critic's passes after them), while its passes over the replayed
+states, which need no return, run before them. With ``backward=True`` the backward pass
 is run in pieces placed by the same rule (:mod:`dreamer.world_model.filter_cut`).
 ``tests/test_concurrent_loss.py`` checks the result against ``DreamerV3Loss.forward`` (CPU,
 bitwise) and the graphed update with and without the side stream (CUDA);
@@ -32,6 +33,7 @@ import torch
 from tensordict import TensorDict, TensorDictBase
 from torchrl.objectives import DreamerV3Loss
 
+from dreamer.actor_critic.losses import ReplayPredictions
 from dreamer.replay.prefetch import keep_until_used
 from dreamer.world_model.filter_cut import cut_filter_outputs
 
@@ -102,12 +104,12 @@ class ReplayCriticParameters:
                     param.grad = leaf.grad if param.grad is None else param.grad.add_(leaf.grad)
 
 
-def _replay_predictions(
+def _replay_critic_passes(
     loss: DreamerV3Loss,
     sample: TensorDictBase,
     posterior: TensorDictBase,
     params: TensorDictBase | None = None,
-):
+) -> ReplayPredictions:
     """The critic's passes over the replayed posterior features (with ``params`` for the
     critic's, if given): the part of its replay loss that needs no imagined return."""
     value_loss = loss.value_loss
@@ -218,7 +220,7 @@ def _dreamer_losses(loss, sample, side_stream, backward: bool, device_type: str)
         leaves = None if critic is None else critic.leaves
         # The critic's passes over the replayed states need no imagined return: queued before
         # the wait for them, they run while the branch imagines.
-        replay = _replay_predictions(loss, sample, posterior, leaves)
+        replay = _replay_critic_passes(loss, sample, posterior, leaves)
     if side_stream is not None:
         # The rest of the replay critic needs the imagined returns only, not the actor's and
         # critic's forward passes that follow them on the branch.
