@@ -1,0 +1,71 @@
+"""The kernels one step of the RSSM's loops launches (bench/step_kernels.py), pinned.
+
+The filter's 64 steps and the dream's 15 are chains of small dependent kernels on a GPU, so one
+more kernel a step is 64 (or 15) more in the update's critical path, forward or backward
+(docs/benchmarks.md). Counted with Triton's interpreter on a CPU (in a subprocess: the
+interpreter must be on before Triton is imported): the Triton launches and the kernel-launching
+ATen ops per step.
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, subprocess_env
+
+pytest.importorskip("triton")
+
+FILTER_MATMULS = 7  # belief, state, shared-features, belief-block, gates, posterior's two
+
+
+def _per_step(*arguments: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "step_kernels.py"), "--json", *arguments],
+        env=subprocess_env(TRITON_INTERPRET="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+def _products(per: dict) -> float:
+    return sum(v for k, v in per.items() if k.split(".")[0] in ("mm", "bmm", "addmm"))
+
+
+def test_a_bf16_filter_step_is_13_kernels_each_way():
+    counts = _per_step("--loop", "filter")
+    forward, backward = counts["forward"], counts["backward"]
+    assert sum(forward.values()) == 13, forward
+    assert sum(backward.values()) == 13, backward
+    assert forward["triton _norm_silu_forward"] == 4
+    assert backward["triton _norm_silu_backward"] == 4
+    for phase, per in counts.items():
+        kind = phase.split("ward")[0]
+        assert per[f"triton _gru_{kind}ward_kernel"] == 1
+        assert per[f"triton _sample_{kind}ward_kernel"] == 1
+        assert _products(per) == FILTER_MATMULS, per  # in cuBLAS, bf16
+
+
+def test_a_float32_filter_step_is_13_triton_kernels_each_way():
+    for phase, per in _per_step("--loop", "filter", "--fp32").items():
+        assert per["triton _skinny_matmul"] == FILTER_MATMULS, (phase, per)
+        assert sum(per.values()) == 13, (phase, per)
+        assert all(name.startswith("triton ") for name in per), (phase, per)
+
+
+def test_a_bf16_dream_step_is_25_kernels_forward_and_23_backward():
+    counts = _per_step("--loop", "dream")
+    forward, backward = counts["forward"], counts["backward"]
+    assert sum(forward.values()) == 25, forward
+    assert sum(backward.values()) == 23, backward
+    # The GRU's six products (four linear, two block-linear), the prior head's three and the
+    # actor's three, each way; the two noises (the actor's normal, the latent's exponential
+    # race) drawn at every step.
+    assert _products(forward) == _products(backward) == 12, counts
+    assert forward["normal_.default bfloat16"] == forward["exponential_.default float32"] == 1
+    for name in ("gru", "sample", "action"):
+        assert forward[f"triton _{name}_forward_kernel"] == 1
+        assert backward[f"triton _{name}_backward_kernel"] == 1
