@@ -43,14 +43,15 @@ def check_cases(cases: dict) -> dict[str, str]:
     return results
 
 
-def interpreted_outcomes(script: str | Path) -> dict[str, str]:
-    """Run ``script`` (printing :func:`check_cases`' JSON last) with ``TRITON_INTERPRET=1``, in a
-    subprocess: the switch must be set before triton is imported, and pytest's process has."""
+def interpreted_outcomes(script: str | Path, *arguments: str) -> dict:
+    """Run ``script`` with ``arguments`` (it prints JSON last, e.g. :func:`check_cases`') with
+    ``TRITON_INTERPRET=1``, in a subprocess: the switch must be set before triton is imported,
+    and pytest's process has."""
     import json
     import subprocess
 
     done = subprocess.run(
-        [sys.executable, str(script)],
+        [sys.executable, str(script), *arguments],
         env=subprocess_env(TRITON_INTERPRET="1"),
         capture_output=True,
         text=True,

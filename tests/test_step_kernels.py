@@ -7,12 +7,8 @@ interpreter must be on before Triton is imported): the Triton launches and the k
 ATen ops per step.
 """
 
-import json
-import subprocess
-import sys
-
 import pytest
-from conftest import ROOT, subprocess_env
+from conftest import ROOT, interpreted_outcomes
 
 pytest.importorskip("triton")
 
@@ -20,15 +16,7 @@ FILTER_MATMULS = 7  # belief, state, shared-features, belief-block, gates, poste
 
 
 def _per_step(*arguments: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "step_kernels.py"), "--json", *arguments],
-        env=subprocess_env(TRITON_INTERPRET="1"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.splitlines()[-1])
+    return interpreted_outcomes(ROOT / "bench" / "step_kernels.py", "--json", *arguments)
 
 
 def _products(per: dict) -> float:
