@@ -45,12 +45,10 @@ from dreamer.world_model.sampling import race_noise  # noqa: E402
 SIZE = ModelSize(
     deter=24, hidden=20, units=12, depth=2, num_categoricals=4, num_classes=3, num_blocks=3
 )
-# ATen ops that launch no kernel: allocations, views, metadata.
+# ATen ops that launch no kernel besides views: allocations and metadata.
 NOT_KERNELS = {
     "empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided", "promote_types",
-    "set_", "view", "_unsafe_view", "t", "transpose", "expand", "unsqueeze", "squeeze", "select",
-    "slice", "permute", "as_strided", "reshape", "detach", "alias", "unbind", "split",
-    "split_with_sizes", "narrow", "unflatten", "flatten", "view_as",
+    "set_",
 }  # fmt: skip
 
 
@@ -65,7 +63,7 @@ class KernelCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.__name__.split(".")[0]
-        if not self.inside_triton and name not in NOT_KERNELS:
+        if not (self.inside_triton or func.is_view or name in NOT_KERNELS):
             dtype = next((a.dtype for a in args if isinstance(a, torch.Tensor)), None)
             self.counts[f"{func.__name__} {str(dtype).replace('torch.', '')}"] += 1
         return func(*args, **(kwargs or {}))
