@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import sys
@@ -87,6 +88,27 @@ def _counting_triton(counter: KernelCounter):
     return lambda: setattr(InterpretedFunction, "run", original)
 
 
+@contextlib.contextmanager
+def counting():
+    """A :class:`KernelCounter` over the block, Triton's launches counted too."""
+    counter = KernelCounter()
+    restore = _counting_triton(counter)
+    try:
+        with counter:
+            yield counter
+    finally:
+        restore()
+
+
+def _counted(run) -> tuple[collections.Counter, collections.Counter]:
+    """The kernels of ``run()``'s forward pass (it returns the objective) and of its backward."""
+    with counting() as forward:
+        objective = run()
+    with counting() as backward:
+        objective.backward()
+    return forward.counts, backward.counts
+
+
 def _filter_counts(steps: int, bf16: bool) -> tuple[collections.Counter, collections.Counter]:
     torch.manual_seed(0)
     action_dim = 3
@@ -103,27 +125,6 @@ def _filter_counts(steps: int, bf16: bool) -> tuple[collections.Counter, collect
             return sum((v.float() * weights[k]).sum() for k, v in outputs.items())
 
     return _counted(run)
-
-
-def _counted(run) -> tuple[collections.Counter, collections.Counter]:
-    """The kernels of ``run()``'s forward pass (it returns the objective) and of its backward."""
-    counts = []
-    forward = KernelCounter()
-    restore = _counting_triton(forward)
-    try:
-        with forward:
-            objective = run()
-    finally:
-        restore()
-    backward = KernelCounter()
-    restore = _counting_triton(backward)
-    try:
-        with backward:
-            objective.backward()
-    finally:
-        restore()
-    counts = forward.counts, backward.counts
-    return counts
 
 
 def _dream_counts(steps: int, bf16: bool) -> tuple[collections.Counter, collections.Counter]:
