@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from dreamer.world_model.fused_norm import rms_norm_silu
+from dreamer.world_model.fused_norm import rms_norm_silu, rms_norm_silu_pair
 
 
 def reference(x, weight, eps):
@@ -61,6 +61,51 @@ def check_addend(dtype: torch.dtype, blocks: int, rows: int = 9, width: int = 36
         torch.testing.assert_close(g.float(), e.float(), rtol=tol["rtol"], atol=atol, msg=name)
 
 
+def check_pair(dtype: torch.dtype, shared: bool, rows: int, widths=(12, 20)) -> None:
+    """``rms_norm_silu_pair`` into adjacent columns of one buffer (as the GRU's features) against
+    two torch norms: values, the inputs' gradients, and the scales' (returned, or added to
+    ``shared`` buffers), each norm with its own eps."""
+    torch.manual_seed(rows)
+    xs = [(torch.randn(rows, w) * 3).to(dtype).requires_grad_() for w in widths]
+    weights = [(torch.rand(w) + 0.5).requires_grad_() for w in widths]
+    eps = (1e-4, 1e-3)
+    grads_out = [torch.randn(rows, w).to(dtype) for w in widths]
+    expected = [reference(x, w, e) for x, w, e in zip(xs, weights, eps, strict=True)]
+    expected_grads = torch.autograd.grad(expected, [*xs, *weights], grads_out)
+    features = torch.full((rows, sum(widths) + 5), float("nan"), dtype=dtype)
+    outs = [features[:, : widths[0]], features[:, widths[0] : sum(widths)]]
+    buffers = tuple(torch.zeros(w) for w in widths) if shared else None
+    got = rms_norm_silu_pair(xs[0], weights[0], eps[0], outs[0], xs[1], weights[1], eps[1],
+                             outs[1], buffers)  # fmt: skip
+    assert all(g.data_ptr() == o.data_ptr() for g, o in zip(got, outs, strict=True))
+    assert features[:, sum(widths) :].isnan().all(), "the columns past both are left alone"
+    got_grads = list(torch.autograd.grad(got, [*xs, *weights], grads_out, allow_unused=True))
+    if shared:
+        assert got_grads[2] is None and got_grads[3] is None
+        got_grads[2:] = buffers
+    tol = {"rtol": 1e-5, "atol": 1e-5} if dtype == torch.float32 else {"rtol": 2e-2, "atol": 2e-2}
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g.float(), e.float(), **tol)
+    names = ("x1", "x2", "scale 1", "scale 2")
+    for name, g, e in zip(names, got_grads, expected_grads, strict=True):
+        scale = 1.0 if name.startswith("x") else float(e.abs().max())
+        atol = tol["atol"] * scale
+        torch.testing.assert_close(g.float(), e.float(), rtol=tol["rtol"], atol=atol, msg=name)
+
+
+def check_pair_held_out() -> None:
+    """Scales that want no gradient (held out of the graph) get none; the inputs still do."""
+    xs = [torch.randn(6, w, requires_grad=True) for w in (12, 20)]
+    weights = [torch.rand(w) + 0.5 for w in (12, 20)]
+    outs = [torch.empty(6, w) for w in (12, 20)]
+    got = rms_norm_silu_pair(xs[0], weights[0], 1e-4, outs[0], xs[1], weights[1], 1e-4, outs[1])
+    got_grads = torch.autograd.grad(sum(g.sum() for g in got), xs)
+    expected = [reference(x, w, 1e-4) for x, w in zip(xs, weights, strict=True)]
+    expected_grads = torch.autograd.grad(sum(e.sum() for e in expected), xs)
+    for g, e in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e)
+
+
 if __name__ == "__main__":
     for width in (512, 37):
         for dtype in (torch.float32, torch.bfloat16):
@@ -93,3 +138,10 @@ if __name__ == "__main__":
         check_addend(dtype, blocks=1)
         check_addend(dtype, blocks=4)
     print("fused norm kernel OK")
+    # Two norms of the same rows in one kernel each way: the filter's 16 rows, the dream's
+    # tiles of several rows, the last tile cut short.
+    for dtype in (torch.float32, torch.bfloat16):
+        for shared in (False, True):
+            check_pair(dtype, shared, rows=16)
+    check_pair(torch.float32, True, rows=257, widths=(37, 512))
+    check_pair_held_out()

@@ -25,6 +25,8 @@ KERNELS = {
     "fused_sample._sample_backward_kernel",
     "fused_norm._norm_silu_forward",
     "fused_norm._norm_silu_backward",
+    "fused_norm._norm_silu_pair_forward",
+    "fused_norm._norm_silu_pair_backward",
     "skinny_matmul._skinny_matmul",
     "fused_action._action_forward_kernel",
     "fused_action._action_backward_kernel",

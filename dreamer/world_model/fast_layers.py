@@ -12,7 +12,11 @@ import torch
 from torch import nn
 
 from dreamer.world_model.deferred_grads import DeferredLayers
-from dreamer.world_model.fused_norm import fused_norm_available, rms_norm_silu
+from dreamer.world_model.fused_norm import (
+    fused_norm_available,
+    rms_norm_silu,
+    rms_norm_silu_pair,
+)
 from dreamer.world_model.held_out_casts import run_linear
 from dreamer.world_model.rssm_parts import torchrl_rms_norm_eps
 from dreamer.world_model.split_input import linear_on_parts
@@ -74,16 +78,55 @@ def run_layers(
             addend = None
             index += 2
             continue
-        if deferred is not None and isinstance(layer, nn.Linear) and deferred.handles(layer.weight):
-            value = deferred.linear(value.flatten(0, -2), layer.weight).unflatten(
-                0, value.shape[:-1]
-            )
-        elif isinstance(layer, nn.Linear):
-            value = run_linear(layer, value)
-        else:
-            value = layer(value)
+        value = (
+            _run_linear(layer, value, deferred) if isinstance(layer, nn.Linear) else layer(value)
+        )
         index += 1
     return value
+
+
+def _run_linear(layer: nn.Linear, value: torch.Tensor, deferred: DeferredLayers | None):
+    """``layer(value)``, its weight gradient left to ``deferred`` if that handles it."""
+    if deferred is not None and deferred.handles(layer.weight):
+        return deferred.linear(value.flatten(0, -2), layer.weight).unflatten(0, value.shape[:-1])
+    return run_linear(layer, value)
+
+
+def run_layer_pair(
+    stacks: tuple[nn.Sequential, nn.Sequential],
+    values: tuple[torch.Tensor, torch.Tensor],
+    outs: tuple[torch.Tensor, torch.Tensor],
+    deferred: DeferredLayers | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`run_layers` of two ``Linear -> RMSNorm -> SiLU`` stacks on the same rows, each
+    result written into its ``out``, with the two norms run as one kernel each way
+    (:func:`~dreamer.world_model.fused_norm.rms_norm_silu_pair`) where both run fused; else
+    each stack on its own."""
+    modules = [list(stack) for stack in stacks]
+    buffers = [None, None]
+    if deferred is not None:
+        buffers = [deferred.norm_grad(m[1].weight) if len(m) > 1 else None for m in modules]
+    paired = (
+        all(_is_projection(m) for m in modules)
+        and fused_norm_available(values[0])
+        and (buffers[0] is None) == (buffers[1] is None)  # one scale's gradient held out: apart
+    )
+    if not paired:
+        return tuple(
+            run_layers(stack, value, deferred, out=out)
+            for stack, value, out in zip(stacks, values, outs, strict=True)
+        )
+    (linear1, norm1, _), (linear2, norm2, _) = modules
+    return rms_norm_silu_pair(
+        _run_linear(linear1, values[0], deferred), norm1.weight, torchrl_rms_norm_eps(norm1),
+        outs[0], _run_linear(linear2, values[1], deferred), norm2.weight,
+        torchrl_rms_norm_eps(norm2), outs[1], None if buffers[0] is None else tuple(buffers),
+    )  # fmt: skip
+
+
+def _is_projection(modules: list[nn.Module]) -> bool:
+    """Whether ``modules`` are exactly a ``Linear``, TorchRL's RMS norm and a SiLU."""
+    return len(modules) == 3 and isinstance(modules[0], nn.Linear) and _fusable_norm(modules, 1)
 
 
 def writes_into_place(layers: nn.Sequential, like: torch.Tensor) -> bool:

@@ -48,12 +48,36 @@ if triton is not None:
             x = x.to(sum_ptr.dtype.element_ty)
             tl.store(sum_ptr + row * width + cols, x, mask=mask)
             x = x.to(tl.float32)
+        _norm_silu_row(x, w_ptr, y_ptr, rstd_ptr, row, cols, mask, width, eps, y_stride)
+
+    @triton.jit
+    def _norm_silu_row(x, w_ptr, y_ptr, rstd_ptr, row, cols, mask, width, eps, y_stride):
+        """One row's norm and SiLU from its float32 values ``x``: the output and the row's rstd."""
         w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
         rstd = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / width + eps)
         s = x * rstd * w
         y = s / (1.0 + tl.exp(-s))
         tl.store(y_ptr + row * y_stride + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
         tl.store(rstd_ptr + row, rstd)
+
+    @triton.jit
+    def _norm_silu_pair_forward(x1, w1, y1, rstd1, width1, eps1, y1_stride, x2, w2, y2, rstd2,
+                                width2, eps2, y2_stride, BLOCK: tl.constexpr):  # fmt: skip
+        """Two norms of the same rows in one launch: program ``(row, 0)`` the first's, ``(row,
+        1)`` the second's."""
+        row = tl.program_id(0)
+        if tl.program_id(1) == 0:
+            x_ptr, w_ptr, y_ptr, rstd_ptr, width, eps, y_stride = (
+                x1, w1, y1, rstd1, width1, eps1, y1_stride
+            )  # fmt: skip
+        else:
+            x_ptr, w_ptr, y_ptr, rstd_ptr, width, eps, y_stride = (
+                x2, w2, y2, rstd2, width2, eps2, y2_stride
+            )  # fmt: skip
+        cols = tl.arange(0, BLOCK)
+        mask = cols < width
+        x = tl.load(x_ptr + row * width + cols, mask=mask, other=0.0).to(tl.float32)
+        _norm_silu_row(x, w_ptr, y_ptr, rstd_ptr, row, cols, mask, width, eps, y_stride)
 
     @triton.jit
     def _norm_silu_backward(
@@ -70,6 +94,17 @@ if triton is not None:
         BLOCK: tl.constexpr,
         WEIGHT_GRAD: tl.constexpr,
     ):
+        _norm_silu_rows_backward(
+            x_ptr, w_ptr, rstd_ptr, gy_ptr, gx_ptr, gw_ptr, rows, width, gy_stride, WEIGHT_GRAD,
+            ROWS_PER_PROGRAM, BLOCK,
+        )  # fmt: skip
+
+    @triton.jit
+    def _norm_silu_rows_backward(x_ptr, w_ptr, rstd_ptr, gy_ptr, gx_ptr, gw_ptr, rows, width,
+                                 gy_stride, WEIGHT_GRAD: tl.constexpr,
+                                 ROWS_PER_PROGRAM: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+        """This program's tile of rows: the input gradient, and with ``WEIGHT_GRAD`` its
+        contribution to the scale's gradient added atomically."""
         # Each program takes a tile of rows, loaded at once (a loop over them waited on memory
         # once per row: 7-12 µs for 1,024 rows), and adds its scale gradient once: few atomic
         # adds per address however many rows there are.
@@ -89,10 +124,30 @@ if triton is not None:
         # d/dx of x * rstd(x): rstd * (gn - normed * mean(gn * normed))
         gx = rstd * (gn - normed * (tl.sum(gn * normed, axis=1)[:, None] / width))
         tl.store(gx_ptr + row * width + cols, gx.to(gx_ptr.dtype.element_ty), mask=mask)
-        grad_w = tl.sum(gs * normed, axis=0)
         if WEIGHT_GRAD:  # a scale held out of the graph (TorchRL's actor loss) needs none
+            grad_w = tl.sum(gs * normed, axis=0)
             cols = tl.arange(0, BLOCK)
             tl.atomic_add(gw_ptr + cols, grad_w, mask=cols < width)
+
+    @triton.jit
+    def _norm_silu_pair_backward(x1, w1, rstd1, gy1, gx1, gw1, width1, gy1_stride, x2, w2,
+                                 rstd2, gy2, gx2, gw2, width2, gy2_stride, rows,
+                                 WEIGHT_GRAD: tl.constexpr, ROWS_PER_PROGRAM: tl.constexpr,
+                                 BLOCK: tl.constexpr):  # fmt: skip
+        """:func:`_norm_silu_pair_forward`'s backward: programs ``(tile, 0)`` the first norm's,
+        ``(tile, 1)`` the second's."""
+        if tl.program_id(1) == 0:
+            x_ptr, w_ptr, rstd_ptr, gy_ptr, gx_ptr, gw_ptr, width, gy_stride = (
+                x1, w1, rstd1, gy1, gx1, gw1, width1, gy1_stride
+            )  # fmt: skip
+        else:
+            x_ptr, w_ptr, rstd_ptr, gy_ptr, gx_ptr, gw_ptr, width, gy_stride = (
+                x2, w2, rstd2, gy2, gx2, gw2, width2, gy2_stride
+            )  # fmt: skip
+        _norm_silu_rows_backward(
+            x_ptr, w_ptr, rstd_ptr, gy_ptr, gx_ptr, gw_ptr, rows, width, gy_stride, WEIGHT_GRAD,
+            ROWS_PER_PROGRAM, BLOCK,
+        )  # fmt: skip
 
 
 # Backward programs per call aimed at: enough to fill the GPU, few enough that the atomic adds
@@ -108,6 +163,13 @@ MAX_FUSED_ROWS = 4096
 def _launch_config(width: int) -> tuple[int, int]:
     block = triton.next_power_of_2(width)
     return block, 8 if block >= 2048 else 4
+
+
+def _rows_per_program(count: int, block: int) -> int:
+    """Rows a backward program takes: a power of two (a tile's height), at most TILE elements;
+    a run sees a few values (one per row count and width), each compiled once."""
+    per_program = triton.next_power_of_2(triton.cdiv(count, min(count, BACKWARD_PROGRAMS)))
+    return max(1, min(per_program, TILE // block))
 
 
 class _NormSiLU(torch.autograd.Function):
@@ -151,10 +213,7 @@ class _NormSiLU(torch.autograd.Function):
             grad_w = torch.zeros(width, device=rows.device) if wanted else grad_x
         block, warps = _launch_config(width)
         count = rows.shape[0]
-        # A power of two (a tile's height), at most TILE elements a program: a run sees a few
-        # values (one per row count and width), each compiled once.
-        per_program = triton.next_power_of_2(triton.cdiv(count, min(count, BACKWARD_PROGRAMS)))
-        per_program = max(1, min(per_program, TILE // block))
+        per_program = _rows_per_program(count, block)
         if per_program * block >= TILE:  # a full tile: as many warps as a 2,048-wide row gets
             warps = 8
         _norm_silu_backward[(triton.cdiv(count, per_program),)](
@@ -217,6 +276,94 @@ def rms_norm_silu(
     if out is not None and not _rows_at_one_stride(out, x):
         raise ValueError(f"out {tuple(out.shape)} {out.stride()} does not fit x {tuple(x.shape)}")
     return _NormSiLU.apply(x, weight, eps, weight_grad, addend, out)
+
+
+class _NormSiLUPair(torch.autograd.Function):
+    """Two :class:`_NormSiLU` of the same rows (no addend), one kernel each way."""
+
+    @staticmethod
+    def forward(ctx, x1, x2, w1, w2, eps1: float, eps2: float, buffers, out1, out2):
+        rows1, rows2 = (x.reshape(-1, x.shape[-1]).contiguous() for x in (x1, x2))
+        count = rows1.shape[0]
+        y1, y2 = (out.view(count, -1) for out in (out1, out2))
+        rstd = torch.empty(2, count, device=x1.device, dtype=torch.float32)
+        block, warps = _launch_config(max(rows1.shape[1], rows2.shape[1]))
+        _norm_silu_pair_forward[(count, 2)](
+            rows1, w1, y1, rstd[0], rows1.shape[1], eps1, y1.stride(0),
+            rows2, w2, y2, rstd[1], rows2.shape[1], eps2, y2.stride(0),
+            BLOCK=block, num_warps=warps,
+        )  # fmt: skip
+        ctx.save_for_backward(rows1, rows2, w1, w2, rstd)
+        ctx.buffers = buffers
+        ctx.shapes = x1.shape, x2.shape
+        return alias(out1), alias(out2)
+
+    @staticmethod
+    def backward(ctx, grad1, grad2):
+        rows1, rows2, w1, w2, rstd = ctx.saved_tensors
+        count = rows1.shape[0]
+        grads = []
+        for grad, rows in ((grad1, rows1), (grad2, rows2)):
+            grad = grad.reshape(count, rows.shape[1])
+            grads.append(grad if grad.stride(-1) == 1 else grad.contiguous())
+        grad_x1, grad_x2 = torch.empty_like(rows1), torch.empty_like(rows2)
+        shared = ctx.buffers is not None
+        wanted = shared or ctx.needs_input_grad[2] or ctx.needs_input_grad[3]
+        if shared:
+            grad_w1, grad_w2 = ctx.buffers
+        elif wanted:
+            grad_w1, grad_w2 = (torch.zeros(w.shape, device=w.device) for w in (w1, w2))
+        else:
+            grad_w1, grad_w2 = grad_x1, grad_x2  # stand-ins, never written
+        block, warps = _launch_config(max(rows1.shape[1], rows2.shape[1]))
+        per_program = _rows_per_program(count, block)
+        if per_program * block >= TILE:
+            warps = 8
+        _norm_silu_pair_backward[(triton.cdiv(count, per_program), 2)](
+            rows1, w1, rstd[0], grads[0], grad_x1, grad_w1, rows1.shape[1], grads[0].stride(0),
+            rows2, w2, rstd[1], grads[1], grad_x2, grad_w2, rows2.shape[1], grads[1].stride(0),
+            count, WEIGHT_GRAD=wanted, ROWS_PER_PROGRAM=per_program, BLOCK=block,
+            num_warps=warps,
+        )  # fmt: skip
+        weight_grads = [None, None]
+        if wanted and not shared:
+            weight_grads = [grad_w1.to(w1.dtype), grad_w2.to(w2.dtype)]
+        shape1, shape2 = ctx.shapes
+        return (
+            grad_x1.view(shape1), grad_x2.view(shape2), *weight_grads,
+            None, None, None, None, None,
+        )  # fmt: skip
+
+
+def rms_norm_silu_pair(
+    x1: torch.Tensor,
+    weight1: torch.Tensor,
+    eps1: float,
+    out1: torch.Tensor,
+    x2: torch.Tensor,
+    weight2: torch.Tensor,
+    eps2: float,
+    out2: torch.Tensor,
+    weight_grads: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rms_norm_silu` of two inputs over the same rows (``x1`` ``[..., D1]``, ``x2``
+    ``[..., D2]``) into ``out1`` and ``out2``, in one kernel each way instead of two.
+
+    Why: the block GRU's belief and state projections each end in a norm and SiLU and write
+    adjacent columns of its features (:mod:`dreamer.world_model.gru_features`); at every step of
+    the filter and the dream the two norms were two kernels of the step's chain, forward and
+    backward. ``weight_grads``: two float32 buffers the backward adds the scales' gradients to
+    (as :func:`rms_norm_silu`'s ``weight_grad``; both or neither). ``out1``/``out2`` as
+    :func:`rms_norm_silu`'s ``out`` (required here).
+    """
+    if triton is None:
+        raise RuntimeError("rms_norm_silu_pair needs triton (pip install triton)")
+    if x1.shape[:-1] != x2.shape[:-1]:
+        raise ValueError(f"the inputs' rows differ: {tuple(x1.shape)} and {tuple(x2.shape)}")
+    for x, out in ((x1, out1), (x2, out2)):
+        if not _rows_at_one_stride(out, x):
+            raise ValueError(f"out {tuple(out.shape)} {out.stride()} does not fit {tuple(x.shape)}")
+    return _NormSiLUPair.apply(x1, x2, weight1, weight2, eps1, eps2, weight_grads, out1, out2)
 
 
 def _rows_at_one_stride(out: torch.Tensor, x: torch.Tensor) -> bool:

@@ -24,7 +24,12 @@ from torch import nn
 
 from dreamer.world_model import fused_ops
 from dreamer.world_model.deferred_grads import DeferredLayers, block_input_grad, compute_dtype
-from dreamer.world_model.fast_layers import linear_layers, norm_scales, run_layers
+from dreamer.world_model.fast_layers import (
+    linear_layers,
+    norm_scales,
+    run_layer_pair,
+    run_layers,
+)
 from dreamer.world_model.gru_features import GruFeatures
 from dreamer.world_model.held_out_casts import compute_weight
 from dreamer.world_model.rssm_parts import PosteriorParts, PriorParts
@@ -179,10 +184,13 @@ def _gru_gates(
             -1,
         )
     else:
-        projected = run_layers(
-            parts.belief_projection, belief.projection, deferred, out=features.columns(0)
+        # The two projections' norms as one kernel each way (their rows are the same).
+        projected, stated = run_layer_pair(
+            (parts.belief_projection, parts.state_projection),
+            (belief.projection, state),
+            (features.columns(0), features.columns(1)),
+            deferred,
         )
-        stated = run_layers(parts.state_projection, state, deferred, out=features.columns(1))
         features = features.join([projected, stated, action_feature])
     shared = linear(features, parts.hidden_features_weight, parts.hidden_bias, deferred)
     own = block_linear(belief.own, parts.hidden_belief_weight, None, deferred)
