@@ -85,7 +85,9 @@ def run_layers(
     return value
 
 
-def _run_linear(layer: nn.Linear, value: torch.Tensor, deferred: DeferredLayers | None):
+def _run_linear(
+    layer: nn.Linear, value: torch.Tensor, deferred: DeferredLayers | None
+) -> torch.Tensor:
     """``layer(value)``, its weight gradient left to ``deferred`` if that handles it."""
     if deferred is not None and deferred.handles(layer.weight):
         return deferred.linear(value.flatten(0, -2), layer.weight).unflatten(0, value.shape[:-1])

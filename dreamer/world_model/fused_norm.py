@@ -165,11 +165,16 @@ def _launch_config(width: int) -> tuple[int, int]:
     return block, 8 if block >= 2048 else 4
 
 
-def _rows_per_program(count: int, block: int) -> int:
-    """Rows a backward program takes: a power of two (a tile's height), at most TILE elements;
+def _backward_launch(count: int, width: int) -> tuple[int, int, int]:
+    """A backward launch over ``count`` rows ``width`` wide: block, rows a program takes and
+    warps. The rows a program takes are a power of two (a tile's height), at most TILE elements;
     a run sees a few values (one per row count and width), each compiled once."""
+    block, warps = _launch_config(width)
     per_program = triton.next_power_of_2(triton.cdiv(count, min(count, BACKWARD_PROGRAMS)))
-    return max(1, min(per_program, TILE // block))
+    per_program = max(1, min(per_program, TILE // block))
+    if per_program * block >= TILE:  # a full tile: as many warps as a 2,048-wide row gets
+        warps = 8
+    return block, per_program, warps
 
 
 class _NormSiLU(torch.autograd.Function):
@@ -211,11 +216,8 @@ class _NormSiLU(torch.autograd.Function):
         grad_w = ctx.weight_grad if shared else None
         if grad_w is None:
             grad_w = torch.zeros(width, device=rows.device) if wanted else grad_x
-        block, warps = _launch_config(width)
         count = rows.shape[0]
-        per_program = _rows_per_program(count, block)
-        if per_program * block >= TILE:  # a full tile: as many warps as a 2,048-wide row gets
-            warps = 8
+        block, per_program, warps = _backward_launch(count, width)
         _norm_silu_backward[(triton.cdiv(count, per_program),)](
             rows,
             weight,
@@ -315,10 +317,7 @@ class _NormSiLUPair(torch.autograd.Function):
             grad_w1, grad_w2 = (torch.zeros(w.shape, device=w.device) for w in (w1, w2))
         else:
             grad_w1, grad_w2 = grad_x1, grad_x2  # stand-ins, never written
-        block, warps = _launch_config(max(rows1.shape[1], rows2.shape[1]))
-        per_program = _rows_per_program(count, block)
-        if per_program * block >= TILE:
-            warps = 8
+        block, per_program, warps = _backward_launch(count, max(rows1.shape[1], rows2.shape[1]))
         _norm_silu_pair_backward[(triton.cdiv(count, per_program), 2)](
             rows1, w1, rstd[0], grads[0], grad_x1, grad_w1, rows1.shape[1], grads[0].stride(0),
             rows2, w2, rstd[1], grads[1], grad_x2, grad_w2, rows2.shape[1], grads[1].stride(0),
