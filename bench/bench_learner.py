@@ -14,6 +14,8 @@ batches (Ant's 60-dim observation, 8-dim action, episode starts at rate 1/200):
 * ``..._unfused``: any ``ours_*`` variant with the Triton kernels of
   :mod:`dreamer.world_model.fused_ops` off (``learner.fused_kernels=false``), to time them
   against the torch code at the same sizes, e.g. ``16x64:ours_graph,ours_graph_unfused``;
+* ``..._branch``: any ``ours_*`` variant with the filter's products of the carried belief on a
+  stream beside its chain (``learner.belief_branch=true``, :mod:`dreamer.world_model.belief_branch`);
 * ``..._serial``: any ``ours_*`` variant with the actor-critic losses on the world model's stream
   (``learner.concurrent_branches=false``, :mod:`dreamer.training.concurrent_loss`);
   ``..._flat``: the two branches on streams of equal priority; ``..._norepgrad``: the replay
@@ -69,6 +71,7 @@ from dreamer.training.config_check import resolve_compile  # noqa: E402
 from dreamer.training.graphed_update import GraphedUpdate  # noqa: E402
 from dreamer.training.loop import make_training_env, use_blas, use_tf32  # noqa: E402
 from dreamer.training.update import update_step  # noqa: E402
+from dreamer.world_model.belief_branch import set_belief_branch  # noqa: E402
 from dreamer.world_model.fused_ops import set_fused_kernels  # noqa: E402
 from dreamer.world_model.networks import model_size_from_config  # noqa: E402
 
@@ -168,6 +171,7 @@ def build_update(variant: str, cfg, env, example):
     agent = build_agent(cfg, env)
     # Read when the update runs, so a graph keeps what was set at its capture (just below).
     set_fused_kernels("unfused" not in variant)
+    set_belief_branch("branch" in variant)
     concurrent = "serial" not in variant
     if variant.startswith("ours_eager"):
         stream = branch_stream(example.get("action").device, concurrent)

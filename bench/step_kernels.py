@@ -11,7 +11,10 @@ forward and backward, and prints the difference per step, by kernel:
 
 Counted are the ATen ops that launch a kernel (allocations, views and dtype queries are not
 kernels) and the Triton launches; the ops that the interpreter itself runs inside a Triton launch
-are not counted. Sizes are a toy model's (two layers deep, as the 12M preset): the count does not
+are not counted. The filter's products of the carried belief, which a GPU runs on a stream beside
+the filter's chain (:mod:`dreamer.world_model.belief_branch`), are counted under ``beside ...``
+names, in both passes (autograd runs a backward op on its forward op's stream): the rest of a
+step's kernels are its chain. Sizes are a toy model's (two layers deep, as the 12M preset): the count does not
 depend on them, except that a CPU runs each matmul as one op where cuBLAS may run two.
 
     python bench/step_kernels.py [--loop filter|dream] [--fp32] [--json]
@@ -38,7 +41,8 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dreamer.world_model import fused_ops  # noqa: E402
+from dreamer.world_model import fused_ops, rssm  # noqa: E402
+from dreamer.world_model.belief_branch import BeliefBranch  # noqa: E402
 from dreamer.world_model.networks import ModelSize, make_rssm_cells  # noqa: E402
 from dreamer.world_model.rssm import observe_sequence  # noqa: E402
 from dreamer.world_model.sampling import race_noise  # noqa: E402
@@ -57,17 +61,55 @@ class KernelCounter(TorchDispatchMode):
     """Counts kernel-launching ATen ops by ``name dtype``, and Triton launches by kernel name,
     leaving out what runs inside a Triton launch (the interpreter's own tensor ops)."""
 
+    active: KernelCounter | None = None  # the one counting now (the branch's hooks read it)
+
     def __init__(self) -> None:
         super().__init__()
         self.counts: collections.Counter = collections.Counter()
         self.inside_triton = 0
+        self.beside = 0  # > 0 while the belief branch's work runs
+
+    def count(self, name: str) -> None:
+        self.counts[f"beside {name}" if self.beside else name] += 1
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.__name__.split(".")[0]
         if not (self.inside_triton or func.is_view or name in NOT_KERNELS):
             dtype = next((a.dtype for a in args if isinstance(a, torch.Tensor)), None)
-            self.counts[f"{func.__name__} {str(dtype).replace('torch.', '')}"] += 1
+            self.count(f"{func.__name__} {str(dtype).replace('torch.', '')}")
         return func(*args, **(kwargs or {}))
+
+
+class CountedBranch(BeliefBranch):
+    """The filter's belief branch, in line, with its kernels counted apart: those it launches
+    forward, and backward those of the autograd nodes it made, which a GPU runs on its stream."""
+
+    @contextlib.contextmanager
+    def ahead(self, *inputs: torch.Tensor):
+        counter = KernelCounter.active
+        counter.beside += 1
+        try:
+            with super().ahead(*inputs) as outputs:
+                yield outputs
+        finally:
+            counter.beside -= 1
+        stops = {t.grad_fn for t in inputs}
+        pending = [t.grad_fn for t in outputs]
+        while pending:
+            node = pending.pop()
+            if node is None or node in stops or hasattr(node, "variable"):  # leaves' nodes
+                continue
+            stops.add(node)
+            node.register_prehook(_step_beside(1))
+            node.register_hook(_step_beside(-1))
+            pending.extend(following for following, _ in node.next_functions)
+
+
+def _step_beside(change: int):
+    def hook(*grads):
+        KernelCounter.active.beside += change
+
+    return hook
 
 
 def _counting_triton(counter: KernelCounter):
@@ -77,7 +119,7 @@ def _counting_triton(counter: KernelCounter):
     original = InterpretedFunction.run
 
     def run(self, *args, grid, warmup, **kwargs):
-        counter.counts[f"triton {self.fn.__name__}"] += 1
+        counter.count(f"triton {self.fn.__name__}")
         counter.inside_triton += 1
         try:
             return original(self, *args, grid=grid, warmup=warmup, **kwargs)
@@ -93,10 +135,12 @@ def counting():
     """A :class:`KernelCounter` over the block, Triton's launches counted too."""
     counter = KernelCounter()
     restore = _counting_triton(counter)
+    KernelCounter.active = counter
     try:
         with counter:
             yield counter
     finally:
+        KernelCounter.active = None
         restore()
 
 
@@ -170,13 +214,14 @@ def kernels_per_step(loop: str = "filter", bf16: bool = True) -> dict[str, dict[
     """Kernels per step of ``loop`` (``forward``, ``backward``), by kernel: the counts at 6 steps
     less those at 3, over 3 (what every step adds, whatever runs once per call left out)."""
     counts = LOOPS[loop]
-    original = fused_ops.use_fused
+    original, branch = fused_ops.use_fused, rssm.belief_branch
     fused_ops.use_fused = lambda *tensors: True  # the CUDA path, on CPU tensors
+    rssm.belief_branch = lambda like: CountedBranch()
     try:
         counts(2, bf16)  # first-call work (e.g. the skinny matmul's counters) out of it
         short, long = counts(3, bf16), counts(6, bf16)
     finally:
-        fused_ops.use_fused = original
+        fused_ops.use_fused, rssm.belief_branch = original, branch
     result = {}
     for index, phase in enumerate(("forward", "backward")):
         names = set(short[index]) | set(long[index])
@@ -198,7 +243,8 @@ def main() -> None:
     precision = "float32" if args.fp32 else "bf16 autocast"
     print(f"{args.loop} step, {precision}, kernels per step:")
     for phase, per in counts.items():
-        print(f"{phase}: {sum(per.values()):g}")
+        beside = sum(v for k, v in per.items() if k.startswith("beside "))
+        print(f"{phase}: {sum(per.values()):g}, {beside:g} of them beside the chain")
         for name, count in per.items():
             print(f"  {count:5g}  {name}")
 

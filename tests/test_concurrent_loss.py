@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_graphed_update import _agent, _sequences
+from test_graphed_update import _agent, _sequences, assert_updates_agree
 
 from dreamer.training.concurrent_loss import branch_stream, dreamer_losses
 
@@ -93,23 +93,7 @@ def test_graphed_update_with_the_side_stream_matches_one_stream(smoke_cfg):
     # the GPU in 2 of 2 runs on the H100, and ran with a stream of its own.
     for update in (serial, branched):
         assert update.capture_stream.cuda_stream != shared.cuda_stream
-    for update in range(3):
-        # In place (the graphs keep their tensors): both updates start from the same weights,
-        # so the losses and gradients of each update must agree whatever the optimizers did.
-        branched_agent.loss.load_state_dict(serial_agent.loss.state_dict())
-        batch = _sequences(16, 64, obs_dim=4, action_dim=2).to("cuda")
-        torch.manual_seed(update)
-        expected = serial(batch)
-        torch.manual_seed(update)
-        got = branched(batch)
-        for key in [k for k in expected.keys() if k.startswith("loss_")]:
-            torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-5, msg=key)
-        reference = dict(serial_agent.loss.named_parameters())
-        for name, param in branched_agent.loss.named_parameters():
-            if reference[name].grad is not None:
-                torch.testing.assert_close(
-                    param.grad, reference[name].grad, rtol=1e-4, atol=1e-5, msg=name
-                )
+    assert_updates_agree(serial, serial_agent, branched, branched_agent)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

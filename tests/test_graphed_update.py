@@ -44,6 +44,30 @@ def _sequences(batch: int, steps: int, obs_dim: int, action_dim: int) -> TensorD
     )
 
 
+def assert_updates_agree(expected_update, expected_agent, update, agent, updates: int = 3):
+    """``update`` on ``agent`` gives the losses and gradients of ``expected_update`` on
+    ``expected_agent`` (two learners of one agent's copies, e.g. captured two ways) over a few
+    fresh batches, each update from the same weights."""
+    for index in range(updates):
+        # In place (the graphs keep their tensors): both updates start from the same weights,
+        # so the losses and gradients of each update must agree whatever the optimizers did.
+        agent.loss.load_state_dict(expected_agent.loss.state_dict())
+        batch = _sequences(16, 64, obs_dim=4, action_dim=2).to("cuda")
+        torch.manual_seed(index)
+        expected = expected_update(batch)
+        torch.manual_seed(index)
+        got = update(batch)
+        for key in [k for k in expected.keys() if k.startswith("loss_")]:
+            assert bool(torch.isfinite(got[key])), key
+            torch.testing.assert_close(got[key], expected[key], rtol=1e-5, atol=1e-5, msg=key)
+        reference = dict(expected_agent.loss.named_parameters())
+        for name, param in agent.loss.named_parameters():
+            if reference[name].grad is not None:
+                torch.testing.assert_close(
+                    param.grad, reference[name].grad, rtol=1e-4, atol=1e-5, msg=name
+                )
+
+
 def _agent(cfg, seed: int):
     from toy_env import ToyBatchedEnv
 

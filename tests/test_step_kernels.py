@@ -20,10 +20,19 @@ def _per_step(*arguments: str) -> dict:
 
 
 def _products(per: dict) -> float:
-    return sum(v for k, v in per.items() if k.split(".")[0] in ("mm", "bmm", "addmm"))
+    return sum(
+        v
+        for k, v in per.items()
+        if k.removeprefix("beside ").split(".")[0] in ("mm", "bmm", "addmm")
+    )
 
 
-def test_a_bf16_filter_step_is_12_kernels_each_way():
+def _beside(per: dict) -> dict:
+    """The kernels a GPU runs on the belief branch's stream, beside the filter's chain."""
+    return {k: v for k, v in per.items() if k.startswith("beside ")}
+
+
+def test_a_bf16_filter_step_is_12_kernels_each_way_2_beside_the_chain():
     counts = _per_step("--loop", "filter")
     forward, backward = counts["forward"], counts["backward"]
     assert sum(forward.values()) == 12, forward
@@ -37,13 +46,21 @@ def test_a_bf16_filter_step_is_12_kernels_each_way():
         assert per[f"triton _gru_{kind}ward_kernel"] == 1
         assert per[f"triton _sample_{kind}ward_kernel"] == 1
         assert _products(per) == FILTER_MATMULS, per  # in cuBLAS, bf16
+    # The belief projection's and the block-diagonal layer's products (and, backward, their
+    # input gradients) run beside the chain: 10 kernels a step in the chain each way.
+    assert _beside(forward) == {
+        "beside addmm.default bfloat16": 1,
+        "beside bmm.default bfloat16": 1,
+    }
+    assert _beside(backward) == {"beside mm.default bfloat16": 1, "beside bmm.out bfloat16": 1}
 
 
-def test_a_float32_filter_step_is_12_triton_kernels_each_way():
+def test_a_float32_filter_step_is_12_triton_kernels_each_way_2_beside_the_chain():
     for phase, per in _per_step("--loop", "filter", "--fp32").items():
-        assert per["triton _skinny_matmul"] == FILTER_MATMULS, (phase, per)
+        assert per["triton _skinny_matmul"] == FILTER_MATMULS - 2, (phase, per)
+        assert _beside(per) == {"beside triton _skinny_matmul": 2}, (phase, per)
         assert sum(per.values()) == 12, (phase, per)
-        assert all(name.startswith("triton ") for name in per), (phase, per)
+        assert all(name.removeprefix("beside ").startswith("triton ") for name in per), per
 
 
 def test_a_bf16_dream_step_is_24_kernels_forward_and_22_backward():

@@ -50,6 +50,7 @@ from dreamer.training.restore import (
     training_payload,
 )
 from dreamer.training.signals import StopOnSignal
+from dreamer.world_model.belief_branch import set_belief_branch
 from dreamer.world_model.fused_ops import set_fused_kernels
 from dreamer.world_model.networks import model_size_from_config
 
@@ -125,6 +126,7 @@ def train(cfg: DictConfig) -> dict:
         use_tf32(bool(cfg.learner.tf32))
         use_blas(str(cfg.learner.blas))
     set_fused_kernels(bool(cfg.learner.fused_kernels))  # before the learner's graph is captured
+    set_belief_branch(bool(cfg.learner.get("belief_branch", False)))  # likewise
     resume_state = read_resume_checkpoint(cfg) if cfg.resume is not None else None
     rank = init_distributed(cfg)  # per-rank device and seed; rank 0 alone writes files
     torch.manual_seed(int(cfg.seed))

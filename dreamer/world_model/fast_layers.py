@@ -23,7 +23,7 @@ from dreamer.world_model.split_input import linear_on_parts
 
 
 def run_layers(
-    layers: nn.Sequential,
+    layers: nn.Sequential | list[nn.Module],
     value: torch.Tensor | tuple[torch.Tensor, ...],
     deferred: DeferredLayers | None,
     addend: torch.Tensor | None = None,
@@ -94,17 +94,30 @@ def _run_linear(
     return run_linear(layer, value)
 
 
+def first_product(
+    stack: nn.Sequential, value: torch.Tensor, deferred: DeferredLayers | None
+) -> torch.Tensor:
+    """The first ``Linear`` of ``stack`` on ``value``, as :func:`run_layers` runs it, for a caller
+    that runs it ahead of the rest (:func:`run_layer_pair`'s ``first_products``)."""
+    return _run_linear(stack[0], value, deferred)
+
+
 def run_layer_pair(
     stacks: tuple[nn.Sequential, nn.Sequential],
     values: tuple[torch.Tensor, torch.Tensor],
     outs: tuple[torch.Tensor, torch.Tensor],
     deferred: DeferredLayers | None,
+    first_products: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None),
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`run_layers` of two ``Linear -> RMSNorm -> SiLU`` stacks on the same rows, each
     result written into its ``out``, with the two norms run as one kernel each way
     (:func:`~dreamer.world_model.fused_norm.rms_norm_silu_pair`) where both run fused; else
-    each stack on its own."""
+    each stack on its own. A stack whose :func:`first_product` is given starts from it."""
     modules = [list(stack) for stack in stacks]
+    products = [
+        _run_linear(m[0], value, deferred) if product is None else product
+        for m, value, product in zip(modules, values, first_products, strict=True)
+    ]
     buffers = [None, None]
     if deferred is not None:
         buffers = [deferred.norm_grad(m[1].weight) if len(m) > 1 else None for m in modules]
@@ -115,14 +128,14 @@ def run_layer_pair(
     )
     if not paired:
         return tuple(
-            run_layers(stack, value, deferred, out=out)
-            for stack, value, out in zip(stacks, values, outs, strict=True)
+            run_layers(m[1:], product, deferred, out=out)
+            for m, product, out in zip(modules, products, outs, strict=True)
         )
-    (linear1, norm1, _), (linear2, norm2, _) = modules
+    (_, norm1, _), (_, norm2, _) = modules
     return rms_norm_silu_pair(
-        _run_linear(linear1, values[0], deferred), norm1.weight, torchrl_rms_norm_eps(norm1),
-        outs[0], _run_linear(linear2, values[1], deferred), norm2.weight,
-        torchrl_rms_norm_eps(norm2), outs[1], None if buffers[0] is None else tuple(buffers),
+        products[0], norm1.weight, torchrl_rms_norm_eps(norm1), outs[0],
+        products[1], norm2.weight, torchrl_rms_norm_eps(norm2), outs[1],
+        None if buffers[0] is None else tuple(buffers),
     )  # fmt: skip
 
 

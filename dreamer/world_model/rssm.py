@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torchrl.modules import RSSMPosteriorV3, RSSMPriorV3
 
+from dreamer.world_model.belief_branch import belief_branch
 from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype, worth_deferring
 from dreamer.world_model.filter_cut import active_cut
 from dreamer.world_model.gru_features import gru_features
@@ -30,6 +31,7 @@ from dreamer.world_model.rssm_parts import rssm_parts
 from dreamer.world_model.rssm_step import (
     FilterBelief,
     action_features,
+    belief_products,
     embed_term,
     filter_gru_step,
     gru_layers,
@@ -108,8 +110,13 @@ def observe_sequence(
     # matmuls' dtype where they read it), so autograd adds and casts no gradients between steps.
     copy_dtype = compute_dtype(embed_next) or h0.dtype
     state, belief = z0[:, 0], FilterBelief(*[h0.expand(batch, -1)] * 3)
+    # The two products of each carried belief run on a stream of their own beside the chain
+    # (dreamer/world_model/belief_branch.py), launched as soon as the belief is written.
+    branch = belief_branch(embed_next)
+    products = belief_products(cell, belief, deferred)
     post_logits, states, beliefs = [], [], []
     for t in range(steps):
+        branch.join()
         belief, belief_read, next_belief = filter_gru_step(
             cell,
             state,
@@ -120,7 +127,12 @@ def observe_sequence(
             deferred,
             copy_dtype,
             None if features is None else features.step(t),
+            products,
         )
+        if t + 1 < steps:  # the last step's carried belief is never read
+            with branch.ahead(next_belief.projection, next_belief.own) as made:
+                products = belief_products(cell, next_belief, deferred)
+                made.extend(products)
         logits = posterior_logits(post, belief_read, step_embeds[t], deferred)
         state, next_state, logits = sample_carried(
             logits, post.unimix, step_noise[t], keep[t], start_states[t], copy_dtype

@@ -25,6 +25,7 @@ from torch import nn
 from dreamer.world_model import fused_ops
 from dreamer.world_model.deferred_grads import DeferredLayers, block_input_grad, compute_dtype
 from dreamer.world_model.fast_layers import (
+    first_product,
     linear_layers,
     norm_scales,
     run_layer_pair,
@@ -156,6 +157,25 @@ class FilterBelief(NamedTuple):
     projection: torch.Tensor
 
 
+class BeliefProducts(NamedTuple):
+    """A GRU step's two products of the belief alone, which a filter runs ahead of the step
+    (:mod:`dreamer.world_model.belief_branch`): the belief projection's ``Linear`` output
+    ``[N, units]`` and the hidden layer's block-diagonal product ``[blocks, N, hidden / blocks]``."""
+
+    projection: torch.Tensor
+    own: torch.Tensor
+
+
+def belief_products(
+    parts: PriorParts, belief: FilterBelief, deferred: DeferredLayers | None
+) -> BeliefProducts:
+    """:class:`BeliefProducts` of ``belief`` (2-D), as :func:`_gru_gates` would compute them."""
+    return BeliefProducts(
+        first_product(parts.belief_projection, belief.projection, deferred),
+        block_linear(belief.own, parts.hidden_belief_weight, None, deferred),
+    )
+
+
 def _gru_gates(
     parts: PriorParts,
     state: torch.Tensor,
@@ -164,24 +184,28 @@ def _gru_gates(
     deferred: DeferredLayers | None,
     add_gate_bias: bool,
     features: GruFeatures | None = None,
+    products: BeliefProducts | None = None,
 ) -> torch.Tensor:
     """The block GRU's gate pre-activations ``[blocks, N, 3 g]`` for 2-D inputs.
 
     The hidden layer runs split by input (:class:`~dreamer.world_model.rssm_parts.PriorParts`):
     one matmul on the features all blocks share and a block-diagonal one on the belief, whose
     sum the norm after them reads (added inside the fused norm's kernel where it runs). With
-    ``features``, the projections write into it (``action_feature`` already there).
+    ``features``, the projections write into it (``action_feature`` already there). With
+    ``products`` (:func:`belief_products` of ``belief``, run ahead), those two are not run here.
     """
     if not isinstance(belief, FilterBelief):
         belief = FilterBelief(belief, belief, belief)
+    if products is None:
+        products = BeliefProducts(None, None)
     if features is None:
+        projection = (
+            run_layers(parts.belief_projection, belief.projection, deferred)
+            if products.projection is None
+            else run_layers(list(parts.belief_projection)[1:], products.projection, deferred)
+        )
         features = torch.cat(
-            [
-                run_layers(parts.belief_projection, belief.projection, deferred),
-                run_layers(parts.state_projection, state, deferred),
-                action_feature,
-            ],
-            -1,
+            [projection, run_layers(parts.state_projection, state, deferred), action_feature], -1
         )
     else:
         # The two projections' norms as one kernel each way (their rows are the same).
@@ -190,10 +214,13 @@ def _gru_gates(
             (belief.projection, state),
             (features.columns(0), features.columns(1)),
             deferred,
+            first_products=(products.projection, None),
         )
         features = features.join([projected, stated, action_feature])
     shared = linear(features, parts.hidden_features_weight, parts.hidden_bias, deferred)
-    own = block_linear(belief.own, parts.hidden_belief_weight, None, deferred)
+    own = products.own
+    if own is None:
+        own = block_linear(belief.own, parts.hidden_belief_weight, None, deferred)
     hidden = run_layers(parts.hidden_rest, shared, deferred, addend=own.transpose(0, 1))
     return block_linear(hidden, parts.gates_weight, parts.gates_bias, deferred, add_gate_bias)
 
@@ -227,13 +254,25 @@ def gru_step(
         gates = _gru_gates(parts, state, belief, action_feature, deferred, add_gate_bias=False)
         bias = _kernel_gate_bias(parts, deferred)
         return fused_ops.gru_gate_update(gates, belief, UPDATE_BIAS, bias).reshape(*leading, -1)
-    gates = _gru_gates(parts, state, belief, action_feature, deferred, add_gate_bias=True)
+    return _unfused_gru_step(parts, state, belief, action_feature, deferred).reshape(*leading, -1)
+
+
+def _unfused_gru_step(
+    parts: PriorParts,
+    state: torch.Tensor,
+    belief: torch.Tensor,
+    action_feature: torch.Tensor,
+    deferred: DeferredLayers | None,
+    products: BeliefProducts | None = None,
+) -> torch.Tensor:
+    """:func:`gru_step`'s torch path on ``[N, ...]`` rows, ``products`` as :func:`_gru_gates`'."""
+    gates = _gru_gates(parts, state, belief, action_feature, deferred, True, products=products)
     grouped = belief.unflatten(-1, (parts.num_blocks, -1))
     gates = gates.transpose(0, 1)
     reset, candidate, update = gates.unflatten(-1, (3, -1)).unbind(-2)
     candidate = (reset.sigmoid() * candidate).tanh()
     update = (update + UPDATE_BIAS).sigmoid()
-    return torch.addcmul(grouped, update, candidate - grouped).reshape(*leading, -1)
+    return torch.addcmul(grouped, update, candidate - grouped).flatten(-2)
 
 
 def filter_gru_step(
@@ -246,6 +285,7 @@ def filter_gru_step(
     deferred: DeferredLayers | None,
     copy_dtype: torch.dtype,
     features: GruFeatures | None = None,
+    products: BeliefProducts | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, FilterBelief]:
     """:func:`gru_step` on ``[N, ...]`` rows and the filter's next input ``start + next_belief *
     keep`` (``keep`` ``[N, 1]``: 0 where the next step starts a segment from ``start``, 1 where
@@ -253,17 +293,18 @@ def filter_gru_step(
     outputs), the same for the posterior's matmul (in ``copy_dtype``, the matmuls' dtype), and
     the carried belief as the next step's :class:`FilterBelief` (its matmul copies in
     ``copy_dtype``). Off the fused path, the same tensors several times. ``features``: as
-    :func:`_gru_gates`' (with ``action_feature`` written into it)."""
+    :func:`_gru_gates`' (with ``action_feature`` written into it), and ``products``
+    (:func:`belief_products` of ``belief``, run ahead)."""
     if fused_ops.use_fused(belief.direct):
         gates = _gru_gates(
-            parts, state, belief, action_feature, deferred, add_gate_bias=False, features=features
+            parts, state, belief, action_feature, deferred, False, features, products
         )
         bias = _kernel_gate_bias(parts, deferred)
         out, out_copy, carried, own, projection = fused_ops.gru_gate_update_carried(
             gates, belief.direct, UPDATE_BIAS, bias, keep, start, copy_dtype
         )
         return out, out_copy, FilterBelief(carried, own, projection)
-    following = gru_step(parts, state, belief.direct, action_feature, deferred)
+    following = _unfused_gru_step(parts, state, belief.direct, action_feature, deferred, products)
     carried = torch.addcmul(start, following, keep)
     return following, following, FilterBelief(carried, carried, carried)
 
