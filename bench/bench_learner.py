@@ -14,8 +14,10 @@ batches (Ant's 60-dim observation, 8-dim action, episode starts at rate 1/200):
 * ``..._unfused``: any ``ours_*`` variant with the Triton kernels of
   :mod:`dreamer.world_model.fused_ops` off (``learner.fused_kernels=false``), to time them
   against the torch code at the same sizes, e.g. ``16x64:ours_graph,ours_graph_unfused``;
-* ``..._branch``: any ``ours_*`` variant with the filter's products of the carried belief on a
-  stream beside its chain (``learner.belief_branch=true``, :mod:`dreamer.world_model.belief_branch`);
+* ``..._branch``: any ``ours_*`` variant with the filter's and the dream's products of the
+  carried belief on a stream beside their chains (``learner.belief_branch=true``,
+  :mod:`dreamer.world_model.belief_branch`); ``..._filterbranch`` / ``..._dreambranch``: in
+  that loop only;
 * ``..._serial``: any ``ours_*`` variant with the actor-critic losses on the world model's stream
   (``learner.concurrent_branches=false``, :mod:`dreamer.training.concurrent_loss`);
   ``..._flat``: the two branches on streams of equal priority; ``..._norepgrad``: the replay
@@ -149,6 +151,15 @@ class CaptureOn(GraphedUpdate):
         super()._capture(warmup_updates)
 
 
+def belief_branch_loops(variant: str) -> tuple[str, ...]:
+    """The loops a ``_branch`` / ``_filterbranch`` / ``_dreambranch`` variant runs the belief
+    branch in (none for other variants)."""
+    found = re.search(r"_(filter|dream)?branch", variant)
+    if found is None:
+        return ()
+    return (found.group(1),) if found.group(1) else ("filter", "dream")
+
+
 def build_update(variant: str, cfg, env, example):
     """Return ``update(sequences)`` for ``variant`` and a function preparing its input."""
     size = model_size_from_config(cfg.model)
@@ -171,7 +182,7 @@ def build_update(variant: str, cfg, env, example):
     agent = build_agent(cfg, env)
     # Read when the update runs, so a graph keeps what was set at its capture (just below).
     set_fused_kernels("unfused" not in variant)
-    set_belief_branch("branch" in variant)
+    set_belief_branch(belief_branch_loops(variant))
     concurrent = "serial" not in variant
     if variant.startswith("ours_eager"):
         stream = branch_stream(example.get("action").device, concurrent)

@@ -11,8 +11,8 @@ forward and backward, and prints the difference per step, by kernel:
 
 Counted are the ATen ops that launch a kernel (allocations, views and dtype queries are not
 kernels) and the Triton launches; the ops that the interpreter itself runs inside a Triton launch
-are not counted. The filter's products of the carried belief, which a GPU runs on a stream beside
-the filter's chain (:mod:`dreamer.world_model.belief_branch`), are counted under ``beside ...``
+are not counted. The loops' products of the carried belief, which a GPU runs on a stream beside
+the loop's chain (:mod:`dreamer.world_model.belief_branch`), are counted under ``beside ...``
 names, in both passes (autograd runs a backward op on its forward op's stream): the rest of a
 step's kernels are its chain. Sizes are a toy model's (two layers deep, as the 12M preset): the count does not
 depend on them, except that a CPU runs each matmul as one op where cuBLAS may run two.
@@ -41,6 +41,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from dreamer.imagination import fused_dream  # noqa: E402
 from dreamer.world_model import fused_ops, rssm  # noqa: E402
 from dreamer.world_model.belief_branch import BeliefBranch  # noqa: E402
 from dreamer.world_model.networks import ModelSize, make_rssm_cells  # noqa: E402
@@ -214,14 +215,15 @@ def kernels_per_step(loop: str = "filter", bf16: bool = True) -> dict[str, dict[
     """Kernels per step of ``loop`` (``forward``, ``backward``), by kernel: the counts at 6 steps
     less those at 3, over 3 (what every step adds, whatever runs once per call left out)."""
     counts = LOOPS[loop]
-    original, branch = fused_ops.use_fused, rssm.belief_branch
+    original, branches = fused_ops.use_fused, (rssm.belief_branch, fused_dream.belief_branch)
     fused_ops.use_fused = lambda *tensors: True  # the CUDA path, on CPU tensors
-    rssm.belief_branch = lambda like: CountedBranch()
+    rssm.belief_branch = fused_dream.belief_branch = lambda like, loop: CountedBranch()
     try:
         counts(2, bf16)  # first-call work (e.g. the skinny matmul's counters) out of it
         short, long = counts(3, bf16), counts(6, bf16)
     finally:
-        fused_ops.use_fused, rssm.belief_branch = original, branch
+        fused_ops.use_fused = original
+        rssm.belief_branch, fused_dream.belief_branch = branches
     result = {}
     for index, phase in enumerate(("forward", "backward")):
         names = set(short[index]) | set(long[index])

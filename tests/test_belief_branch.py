@@ -55,7 +55,7 @@ def test_each_step_joins_the_branch_and_hands_it_the_next_steps_products(monkeyp
     prior, posterior, inputs, noise = _case()
     steps = inputs[2].shape[1]
     recording = RecordingBranch()
-    monkeypatch.setattr(rssm, "belief_branch", lambda like: recording)
+    monkeypatch.setattr(rssm, "belief_branch", lambda like, loop: recording)
     got = observe_sequence(prior, posterior, *inputs, noise=noise)
     # Step t joins before it reads step t - 1's products; the last carried belief has no reader.
     assert recording.events == ["join", "ahead"] * (steps - 1) + ["join"]
@@ -94,9 +94,14 @@ def _filter_on_cuda(branched: bool):
 @needs_cuda
 def test_on_cuda_the_branch_runs_on_its_stream_with_the_same_results(monkeypatch):
     expected, expected_grads = _filter_on_cuda(False)
-    recording = RecordingBranch(belief_branch.belief_branch(torch.zeros(1, device="cuda")).stream)
-    assert recording.stream is not None
-    monkeypatch.setattr(rssm, "belief_branch", lambda like: recording)
+    previous = belief_branch.set_belief_branch(True)
+    try:
+        stream = belief_branch.belief_branch(torch.zeros(1, device="cuda")).stream
+    finally:
+        belief_branch.set_belief_branch(previous)
+    assert stream is not None
+    recording = RecordingBranch(stream)
+    monkeypatch.setattr(rssm, "belief_branch", lambda like, loop: recording)
     got, grads = _filter_on_cuda(True)
     torch.cuda.synchronize()
     assert "ahead" in recording.events

@@ -21,6 +21,7 @@ from tensordict import TensorDict, TensorDictBase
 
 from dreamer.actor_critic.actor import ActionSampler
 from dreamer.imagination.trajectory import Trajectory
+from dreamer.world_model.belief_branch import belief_branch
 from dreamer.world_model.deferred_grads import DeferredLayers, compute_dtype
 from dreamer.world_model.filled_buffers import filled
 from dreamer.world_model.fused_sample import fused_sample_into
@@ -29,6 +30,7 @@ from dreamer.world_model.rssm_parts import PriorParts
 from dreamer.world_model.rssm_step import (
     FilterBelief,
     action_features,
+    belief_products,
     dream_gru_step,
     prior_logits,
 )
@@ -63,6 +65,9 @@ def fused_dream(
     # The GRU's features of every step in one buffer its projections write into (no
     # concatenation per step; None where they cannot, and the step concatenates them).
     all_features = gru_features(parts, state, (state.shape[0], steps))
+    # The two products of each next belief run on a stream of their own beside the chain
+    # (dreamer/world_model/belief_branch.py); the first step's run in the GRU step.
+    branch, products = belief_branch(belief, "dream"), None
     entries = []
     for step in range(steps):
         step_entries, action = sampler(actor_input)
@@ -79,9 +84,15 @@ def fused_dream(
         if more:
             outputs += [copy(belief, belief.dtype), copy(belief), copy(belief)]
             outputs += [model_state[:, widths[0] :], beliefs.slot(step)]
+        branch.join()
         following = dream_gru_step(
-            parts, gru_state, gru_belief, action_feature, deferred, outputs, features
+            parts, gru_state, gru_belief, action_feature, deferred, outputs, features, products
         )
+        if more:
+            gru_belief = FilterBelief(*following[2:5])
+            with branch.ahead(gru_belief.own, gru_belief.projection) as made:
+                products = belief_products(parts, gru_belief, deferred)
+                made.extend(products)
         next_beliefs.record(following[0])
         logits = prior_logits(parts, following[1], deferred)
         noise = race_noise(logits.shape, logits)
@@ -93,7 +104,7 @@ def fused_dream(
         sample = fused_sample_into(logits, parts.unimix, noise, outputs)
         next_states.record(sample[0])
         if more:
-            gru_belief, gru_state = FilterBelief(*following[2:5]), sample[1]
+            gru_state = sample[1]
             pieces = [sample[2], following[5]]
             actor_input = filled(model_state, pieces, lambda grad: grad.split(widths, -1))
             beliefs.record(following[6])

@@ -1,4 +1,4 @@
-"""The filter's two products of the carried belief on a CUDA stream beside its chain.
+"""The RSSM loops' products of the carried belief on a CUDA stream beside their chains.
 
 Why: a filter step's kernels form one chain on one stream (docs/benchmarks.md, "Kernels per step
 of the RSSM's loops"), and on a GPU the update is bound by how long its chains are, not by
@@ -9,8 +9,9 @@ Here they run on a second stream as soon as step ``t``'s GRU kernel has written 
 the posterior's layers and the sample on the filter's own stream, which waits for them at the top
 of step ``t + 1``. Autograd runs each backward op on its forward op's stream, so the two products'
 input gradients leave the backward chain too, and a CUDA graph records the two streams as two
-branches of the graph. The products are the same ops on the same inputs, only earlier, so the
-filter's results do not change (``tests/test_belief_branch.py``).
+branches of the graph. The dream (:mod:`dreamer.imagination.fused_dream`) does the same beside
+its prior head, sample, actor and action projection. The products are the same ops on the same
+inputs, only earlier, so the results do not change (``tests/test_belief_branch.py``).
 
 Off CUDA, or with the branch off (config ``learner.belief_branch``, off by default for now),
 :class:`BeliefBranch` runs the products in line on the current stream, at the same point in the
@@ -19,25 +20,29 @@ loop.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
 
 # Off until timed on a GPU (docs/benchmarks.md): the CUDA tests of the captured update with it
 # have not run there yet.
-_enabled = False
+_enabled: frozenset[str] = frozenset()
+LOOPS = ("filter", "dream")
 _streams: dict[tuple[torch.device, int], torch.cuda.Stream] = {}
 
 
-def set_belief_branch(enabled: bool) -> bool:
-    """Turn the second stream on or off for later filters (config ``learner.belief_branch``);
-    returns the setting it replaces.
+def set_belief_branch(enabled: bool | Iterable[str]) -> frozenset[str]:
+    """Turn the second stream on or off for later loops (config ``learner.belief_branch``):
+    ``True`` for both, or the :data:`LOOPS` to run it in; returns the setting it replaces.
 
     A CUDA graph keeps the streams it was captured with: set this before building the learner.
     """
     global _enabled
-    previous, _enabled = _enabled, bool(enabled)
+    loops = frozenset(LOOPS if enabled is True else () if enabled is False else enabled)
+    if not loops <= set(LOOPS):
+        raise ValueError(f"belief branch loops {sorted(loops)}: expected some of {LOOPS}")
+    previous, _enabled = _enabled, loops
     return previous
 
 
@@ -76,11 +81,11 @@ class BeliefBranch:
             torch.cuda.current_stream(self.stream.device).wait_stream(self.stream)
 
 
-def belief_branch(like: torch.Tensor) -> BeliefBranch:
-    """The branch for a filter on ``like``'s device: a second stream of the current stream's
-    priority (the learner's world-model stream runs above the actor-critic one) on CUDA with the
-    branch on, else in line."""
-    if not _enabled or like.device.type != "cuda":
+def belief_branch(like: torch.Tensor, loop: str = "filter") -> BeliefBranch:
+    """The branch for ``loop`` (one of :data:`LOOPS`) on ``like``'s device: a second stream of
+    the current stream's priority (the learner's world-model stream runs above the actor-critic
+    one) on CUDA with the branch on for that loop, else in line."""
+    if loop not in _enabled or like.device.type != "cuda":
         return BeliefBranch()
     current = torch.cuda.current_stream(like.device)
     key = (like.device, current.priority)

@@ -112,7 +112,7 @@ def observe_sequence(
     state, belief = z0[:, 0], FilterBelief(*[h0.expand(batch, -1)] * 3)
     # The two products of each carried belief run on a stream of their own beside the chain
     # (dreamer/world_model/belief_branch.py), launched as soon as the belief is written.
-    branch = belief_branch(embed_next)
+    branch = belief_branch(embed_next, "filter")
     products = belief_products(cell, belief, deferred)
     post_logits, states, beliefs = [], [], []
     for t in range(steps):

@@ -317,15 +317,15 @@ def dream_gru_step(
     deferred: DeferredLayers | None,
     outputs: list[torch.Tensor],
     features: GruFeatures | None = None,
+    products: BeliefProducts | None = None,
 ) -> tuple[torch.Tensor, ...]:
     """:func:`gru_step` on ``[N, ...]`` rows (fused kernels only), the next belief written into
     each of ``outputs``, one per reader
     (:func:`~dreamer.world_model.fused_ops.gru_gate_update_into`); ``state`` is the tensor the
     state projection reads, ``belief`` one tensor per reader of the belief. ``features``: as
-    :func:`_gru_gates`' (with ``action_feature`` written into it)."""
-    gates = _gru_gates(
-        parts, state, belief, action_feature, deferred, add_gate_bias=False, features=features
-    )
+    :func:`_gru_gates`' (with ``action_feature`` written into it), and ``products``
+    (:func:`belief_products` of ``belief``, run ahead)."""
+    gates = _gru_gates(parts, state, belief, action_feature, deferred, False, features, products)
     bias = _kernel_gate_bias(parts, deferred)
     return fused_ops.gru_gate_update_into(gates, belief.direct, UPDATE_BIAS, bias, outputs)
 
