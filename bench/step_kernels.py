@@ -88,22 +88,28 @@ class CountedBranch(BeliefBranch):
     @contextlib.contextmanager
     def ahead(self, *inputs: torch.Tensor):
         counter = KernelCounter.active
+        first = _next_node_number()
         counter.beside += 1
         try:
             with super().ahead(*inputs) as outputs:
                 yield outputs
         finally:
             counter.beside -= 1
-        stops = {t.grad_fn for t in inputs}
-        pending = [t.grad_fn for t in outputs]
+        # The nodes the block made: those its outputs' history reaches, made after it began.
+        seen, pending = set(), [t.grad_fn for t in outputs]
         while pending:
             node = pending.pop()
-            if node is None or node in stops or hasattr(node, "variable"):  # leaves' nodes
+            if node is None or node in seen or node._sequence_nr() < first:
                 continue
-            stops.add(node)
+            seen.add(node)
             node.register_prehook(_step_beside(1))
             node.register_hook(_step_beside(-1))
             pending.extend(following for following, _ in node.next_functions)
+
+
+def _next_node_number() -> int:
+    """The sequence number autograd gives the next node it makes (a view: no kernel counted)."""
+    return torch.empty(0, requires_grad=True).view(0).grad_fn._sequence_nr() + 1
 
 
 def _step_beside(change: int):

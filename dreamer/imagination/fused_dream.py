@@ -33,6 +33,7 @@ from dreamer.world_model.rssm_step import (
     belief_products,
     dream_gru_step,
     prior_logits,
+    with_projection_columns,
 )
 from dreamer.world_model.sampling import race_noise
 
@@ -65,7 +66,8 @@ def fused_dream(
     # The GRU's features of every step in one buffer its projections write into (no
     # concatenation per step; None where they cannot, and the step concatenates them).
     all_features = gru_features(parts, state, (state.shape[0], steps))
-    # The two products of each next belief run on a stream of their own beside the chain
+    # The two products of each next belief, and then the belief and state projections, run on
+    # a stream of their own beside the prior head, sample, actor and action projection
     # (dreamer/world_model/belief_branch.py); the first step's run in the GRU step.
     branch, products = belief_branch(belief, "dream"), None
     entries = []
@@ -92,7 +94,7 @@ def fused_dream(
             gru_belief = FilterBelief(*following[2:5])
             with branch.ahead(gru_belief.own, gru_belief.projection) as made:
                 products = belief_products(parts, gru_belief, deferred)
-                made.extend(products)
+                made.extend((products.projection, products.own))
         next_beliefs.record(following[0])
         logits = prior_logits(parts, following[1], deferred)
         noise = race_noise(logits.shape, logits)
@@ -105,6 +107,17 @@ def fused_dream(
         next_states.record(sample[0])
         if more:
             gru_state = sample[1]
+            if all_features is not None:  # the next step's projections, once the state exists
+                with branch.ahead(gru_state) as made:
+                    products = with_projection_columns(
+                        parts,
+                        gru_state,
+                        gru_belief,
+                        deferred,
+                        all_features.step(step + 1),
+                        products,
+                    )
+                    made.extend(products.columns)
             pieces = [sample[2], following[5]]
             actor_input = filled(model_state, pieces, lambda grad: grad.split(widths, -1))
             beliefs.record(following[6])

@@ -132,7 +132,7 @@ def observe_sequence(
         if t + 1 < steps:  # the last step's carried belief is never read
             with branch.ahead(next_belief.projection, next_belief.own) as made:
                 products = belief_products(cell, next_belief, deferred)
-                made.extend(products)
+                made.extend((products.projection, products.own))
         logits = posterior_logits(post, belief_read, step_embeds[t], deferred)
         state, next_state, logits = sample_carried(
             logits, post.unimix, step_noise[t], keep[t], start_states[t], copy_dtype

@@ -158,12 +158,15 @@ class FilterBelief(NamedTuple):
 
 
 class BeliefProducts(NamedTuple):
-    """A GRU step's two products of the belief alone, which a filter runs ahead of the step
-    (:mod:`dreamer.world_model.belief_branch`): the belief projection's ``Linear`` output
-    ``[N, units]`` and the hidden layer's block-diagonal product ``[blocks, N, hidden / blocks]``."""
+    """What a loop runs of a GRU step ahead of it (:mod:`dreamer.world_model.belief_branch`):
+    the step's two products of the belief alone, the belief projection's ``Linear`` output
+    ``[N, units]`` and the hidden layer's block-diagonal product ``[blocks, N, hidden / blocks]``;
+    and, once the state is known too, ``columns``: the belief and state projections written into
+    their columns of the step's :class:`GruFeatures` (:func:`with_projection_columns`)."""
 
-    projection: torch.Tensor
-    own: torch.Tensor
+    projection: torch.Tensor | None
+    own: torch.Tensor | None
+    columns: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def belief_products(
@@ -174,6 +177,28 @@ def belief_products(
         first_product(parts.belief_projection, belief.projection, deferred),
         block_linear(belief.own, parts.hidden_belief_weight, None, deferred),
     )
+
+
+def with_projection_columns(
+    parts: PriorParts,
+    state: torch.Tensor,
+    belief: FilterBelief,
+    deferred: DeferredLayers | None,
+    features: GruFeatures,
+    products: BeliefProducts | None = None,
+) -> BeliefProducts:
+    """``products`` (of ``belief``; made here when None) with the ``columns`` of ``features``
+    that the belief and state projections write (their two norms as one kernel each way)."""
+    if products is None:
+        products = BeliefProducts(None, None)
+    columns = run_layer_pair(
+        (parts.belief_projection, parts.state_projection),
+        (belief.projection, state),
+        (features.columns(0), features.columns(1)),
+        deferred,
+        first_products=(products.projection, None),
+    )
+    return products._replace(columns=columns)
 
 
 def _gru_gates(
@@ -192,7 +217,8 @@ def _gru_gates(
     one matmul on the features all blocks share and a block-diagonal one on the belief, whose
     sum the norm after them reads (added inside the fused norm's kernel where it runs). With
     ``features``, the projections write into it (``action_feature`` already there). With
-    ``products`` (:func:`belief_products` of ``belief``, run ahead), those two are not run here.
+    ``products`` (:class:`BeliefProducts` of ``belief`` and ``state``, run ahead), what they
+    hold is not run here.
     """
     if not isinstance(belief, FilterBelief):
         belief = FilterBelief(belief, belief, belief)
@@ -208,15 +234,9 @@ def _gru_gates(
             [projection, run_layers(parts.state_projection, state, deferred), action_feature], -1
         )
     else:
-        # The two projections' norms as one kernel each way (their rows are the same).
-        projected, stated = run_layer_pair(
-            (parts.belief_projection, parts.state_projection),
-            (belief.projection, state),
-            (features.columns(0), features.columns(1)),
-            deferred,
-            first_products=(products.projection, None),
-        )
-        features = features.join([projected, stated, action_feature])
+        if products.columns is None:
+            products = with_projection_columns(parts, state, belief, deferred, features, products)
+        features = features.join([*products.columns, action_feature])
     shared = linear(features, parts.hidden_features_weight, parts.hidden_bias, deferred)
     own = products.own
     if own is None:
