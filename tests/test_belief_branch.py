@@ -43,6 +43,14 @@ class RecordingBranch(BeliefBranch):
         super().join()
 
 
+def test_each_loops_branch_runs_at_its_chains_priority():
+    from dreamer.training.concurrent_loss import WORLD_MODEL_PRIORITY
+
+    # The filter runs on the world model's stream; the dream on the actor-critic branch's,
+    # which has the default priority (branch_stream).
+    assert belief_branch.PRIORITIES == {"filter": WORLD_MODEL_PRIORITY, "dream": 0}
+
+
 def test_off_cuda_the_branch_runs_in_line():
     branch = belief_branch.belief_branch(torch.zeros(1))
     assert branch.stream is None
@@ -128,9 +136,11 @@ def test_the_graphed_update_with_the_branch_matches_the_one_without(smoke_cfg, m
         inline = GraphedUpdate(inline_agent, sample, mixed_precision=mixed_precision)
         belief_branch.set_belief_branch(True)
         branched = GraphedUpdate(branched_agent, sample, mixed_precision=mixed_precision)
+        branch = belief_branch.belief_branch
+        streams = {loop: branch(sample["action"], loop).stream for loop in belief_branch.LOOPS}
     finally:
         belief_branch.set_belief_branch(previous)
-    assert any(
-        s.priority == branched.capture_stream.priority for s in belief_branch._streams.values()
-    )
+    # Each loop's branch at its chain's priority.
+    assert streams["filter"].priority == branched.capture_stream.priority
+    assert streams["dream"].priority == branched.side_stream.priority
     assert_updates_agree(inline, inline_agent, branched, branched_agent)

@@ -12,8 +12,9 @@ input gradients leave the backward chain too, and a CUDA graph records the two s
 branches of the graph. The dream (:mod:`dreamer.imagination.fused_dream`) does the same beside
 its prior head and sample, and once the state is sampled, runs the state projection's product
 and the two projections' norm there too, beside the actor and the action projection: 4 of an
-imagined step's 24 kernels forward and 22 backward leave its chain. The products are the same ops on the same
-inputs, only earlier, so the results do not change (``tests/test_belief_branch.py``).
+imagined step's 24 kernels forward and 22 backward leave its chain. The products are the same
+ops on the same inputs, only earlier, so the results do not change
+(``tests/test_belief_branch.py``).
 
 Off CUDA, or with the branch off (config ``learner.belief_branch``, off by default for now),
 :class:`BeliefBranch` runs the products in line on the current stream, at the same point in the
@@ -31,7 +32,13 @@ import torch
 # have not run there yet.
 _enabled: frozenset[str] = frozenset()
 LOOPS = ("filter", "dream")
-_streams: dict[tuple[torch.device, int], torch.cuda.Stream] = {}
+# Each loop's branch runs at its chain's priority: the filter's on the world model's stream, above
+# the actor-critic branch (dreamer.training.concurrent_loss.WORLD_MODEL_PRIORITY), the dream's on
+# the actor-critic stream. One stream per loop, whatever stream the loop runs on, so that the
+# learner's eager warm-up makes what the stream needs (cuBLAS's workspace, the skinny matmul's
+# counters) before the graph is captured.
+PRIORITIES = {"filter": -1, "dream": 0}
+_streams: dict[tuple[torch.device, str], torch.cuda.Stream] = {}
 
 
 def set_belief_branch(enabled: bool | Iterable[str]) -> frozenset[str]:
@@ -49,7 +56,7 @@ def set_belief_branch(enabled: bool | Iterable[str]) -> frozenset[str]:
 
 
 class BeliefBranch:
-    """Where a filter runs the products of the belief it carries on: :meth:`ahead` around them,
+    """Where a loop runs the products of the belief it carries on: :meth:`ahead` around them,
     right after the GRU kernel that writes the belief, and :meth:`join` before the step that
     reads them. With no ``stream``, both are no-ops."""
 
@@ -84,13 +91,11 @@ class BeliefBranch:
 
 
 def belief_branch(like: torch.Tensor, loop: str = "filter") -> BeliefBranch:
-    """The branch for ``loop`` (one of :data:`LOOPS`) on ``like``'s device: a second stream of
-    the current stream's priority (the learner's world-model stream runs above the actor-critic
-    one) on CUDA with the branch on for that loop, else in line."""
+    """The branch for ``loop`` (one of :data:`LOOPS`) on ``like``'s device: the loop's second
+    stream (at :data:`PRIORITIES`) on CUDA with the branch on for that loop, else in line."""
     if loop not in _enabled or like.device.type != "cuda":
         return BeliefBranch()
-    current = torch.cuda.current_stream(like.device)
-    key = (like.device, current.priority)
+    key = (like.device, loop)
     if key not in _streams:
-        _streams[key] = torch.cuda.Stream(like.device, priority=current.priority)
+        _streams[key] = torch.cuda.Stream(like.device, priority=PRIORITIES[loop])
     return BeliefBranch(_streams[key])
