@@ -344,7 +344,7 @@ def dream_gru_step(
     (:func:`~dreamer.world_model.fused_ops.gru_gate_update_into`); ``state`` is the tensor the
     state projection reads, ``belief`` one tensor per reader of the belief. ``features``: as
     :func:`_gru_gates`' (with ``action_feature`` written into it), and ``products``
-    (:func:`belief_products` of ``belief``, run ahead)."""
+    (:class:`BeliefProducts` of ``belief``, and with ``columns`` of ``state`` too, run ahead)."""
     gates = _gru_gates(parts, state, belief, action_feature, deferred, False, features, products)
     bias = _kernel_gate_bias(parts, deferred)
     return fused_ops.gru_gate_update_into(gates, belief.direct, UPDATE_BIAS, bias, outputs)
