@@ -73,7 +73,7 @@ from dreamer.training.config_check import resolve_compile  # noqa: E402
 from dreamer.training.graphed_update import GraphedUpdate  # noqa: E402
 from dreamer.training.loop import make_training_env, use_blas, use_tf32  # noqa: E402
 from dreamer.training.update import update_step  # noqa: E402
-from dreamer.world_model.belief_branch import set_belief_branch  # noqa: E402
+from dreamer.world_model.belief_branch import LOOPS, set_belief_branch  # noqa: E402
 from dreamer.world_model.fused_ops import set_fused_kernels  # noqa: E402
 from dreamer.world_model.networks import model_size_from_config  # noqa: E402
 
@@ -157,7 +157,7 @@ def belief_branch_loops(variant: str) -> tuple[str, ...]:
     found = re.search(r"_(filter|dream)?branch", variant)
     if found is None:
         return ()
-    return (found.group(1),) if found.group(1) else ("filter", "dream")
+    return (found.group(1),) if found.group(1) else LOOPS
 
 
 def build_update(variant: str, cfg, env, example):

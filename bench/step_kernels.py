@@ -14,8 +14,9 @@ kernels) and the Triton launches; the ops that the interpreter itself runs insid
 are not counted. The loops' products of the carried belief, which a GPU runs on a stream beside
 the loop's chain (:mod:`dreamer.world_model.belief_branch`), are counted under ``beside ...``
 names, in both passes (autograd runs a backward op on its forward op's stream): the rest of a
-step's kernels are its chain. Sizes are a toy model's (two layers deep, as the 12M preset): the count does not
-depend on them, except that a CPU runs each matmul as one op where cuBLAS may run two.
+step's kernels are its chain. Sizes are a toy model's (two layers deep, as the 12M preset): the
+count does not depend on them, except that a CPU runs each matmul as one op where cuBLAS may run
+two.
 
     python bench/step_kernels.py [--loop filter|dream] [--fp32] [--json]
 
@@ -82,7 +83,7 @@ class KernelCounter(TorchDispatchMode):
 
 
 class CountedBranch(BeliefBranch):
-    """The filter's belief branch, in line, with its kernels counted apart: those it launches
+    """A loop's belief branch, in line, with its kernels counted apart: those it launches
     forward, and backward those of the autograd nodes it made, which a GPU runs on its stream."""
 
     @contextlib.contextmanager
